@@ -1,0 +1,320 @@
+"""The attention decoder shared by the captioner and the chatbot.
+
+A decoder writes a sequence one token at a time. At step t it reads the previous token y_{t-1},
+updates its recurrent state, and predicts y_t. What it knows of the input (image regions or an
+encoded sentence, the *memory* `h_1 … h_S`) depends on the *placement*:
+
+- ``init_state``: the memory's summary only sets the initial state (Sutskever et al., 2014).
+- ``every_step``: the summary C is also fed to the cell at every step (Cho et al., 2014).
+- ``bahdanau``: attention with the previous state s_{t-1} gives a context c_t that is fed to
+  the cell with the token; the output reads [s_t; c_t] (Bahdanau et al., 2014; Xu et al., 2015).
+- ``luong``: the cell runs first; attention with the new state h_t gives c_t and the attentional
+  vector h~_t = tanh(W_c [c_t; h_t]) predicts y_t. With input feeding, h~_{t-1} is also fed to
+  the cell at step t (Luong et al., 2015).
+
+The summary is the mean of the memory over its unmasked positions; a learned "bridge" maps it to
+every layer's initial state (Xu et al.'s f_init), unless the caller passes an initial state.
+
+Two entry points share every weight: `call` (teacher forcing, all steps in one graph loop, for
+training) and `step` (one token, for search). `prepare_memory` computes the attention keys once
+per input; both entry points reuse them at every step.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from shared.attention import ATTENTION_SCORES, make_attention, masked_mean
+
+CELLS = {
+    "lstm": keras.layers.LSTMCell,
+    "gru": keras.layers.GRUCell,
+    "rnn": keras.layers.SimpleRNNCell,
+}
+ATTENTION_PLACEMENTS = ("bahdanau", "luong")
+FIXED_CONTEXT_PLACEMENTS = ("init_state", "every_step")
+
+
+@keras.saving.register_keras_serializable(package="glimpse")
+class AttentionDecoder(keras.layers.Layer):
+    """Embedding → recurrent cell(s) → attention → vocabulary logits.
+
+    Args:
+        vocabulary_size: number of output tokens (id 0 is padding).
+        embedding_dim: size of the token embedding.
+        units: size of each recurrent layer.
+        cell: `"lstm"`, `"gru"` or `"rnn"` (SimpleRNN).
+        num_layers: stacked recurrent layers; attention reads the top one.
+        dropout: rate on the token embeddings and on the features that predict each token.
+        attention: a score in `shared.attention.ATTENTION_SCORES`, or `"none"`.
+        placement: `"bahdanau"` or `"luong"` with attention; `"init_state"` or `"every_step"`
+            without. Defaults to `"bahdanau"`, or `"init_state"` when attention is `"none"`.
+        input_feeding: Luong placement only: feed h~_{t-1} to the cell at step t.
+        attention_units: size of the additive/concat score layer (defaults to `units`).
+
+    Call arguments:
+        targets: int `(batch_size, T)`, the decoder inputs `[START] y_1 … y_{T-1}`.
+        memory: `(batch_size, S, memory_dim)`.
+        memory_mask: optional boolean `(batch_size, S)`, False at padding.
+        initial_state: optional, in the structure of `initial_state()`.
+        training: Python bool, enables dropout.
+
+    Output:
+        `(logits, weights)`: logits `(batch_size, T, vocabulary_size)` and attention weights
+        `(batch_size, T, S)` (zeros for the placements without attention).
+    """
+
+    def __init__(
+        self,
+        vocabulary_size: int,
+        embedding_dim: int = 128,
+        units: int = 256,
+        cell: str = "lstm",
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        attention: str = "additive",
+        placement: str | None = None,
+        input_feeding: bool = True,
+        attention_units: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if cell not in CELLS:
+            raise ValueError(f"Expected one of {sorted(CELLS)}. Received: cell={cell!r}")
+        if attention != "none" and attention not in ATTENTION_SCORES:
+            raise ValueError(
+                f"Expected one of {sorted(ATTENTION_SCORES) + ['none']}. "
+                f"Received: attention={attention!r}"
+            )
+        if placement is None:
+            placement = "init_state" if attention == "none" else "bahdanau"
+        allowed = FIXED_CONTEXT_PLACEMENTS if attention == "none" else ATTENTION_PLACEMENTS
+        if placement not in allowed:
+            raise ValueError(
+                f"With attention={attention!r}, expected placement to be one of {allowed}. "
+                f"Received: placement={placement!r}"
+            )
+        for name, value in (
+            ("vocabulary_size", vocabulary_size),
+            ("embedding_dim", embedding_dim),
+            ("units", units),
+            ("num_layers", num_layers),
+        ):
+            if value < 1:
+                raise ValueError(f"Expected {name} >= 1. Received: {name}={value}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"Expected 0 <= dropout < 1. Received: dropout={dropout}")
+
+        self.vocabulary_size = vocabulary_size
+        self.embedding_dim = embedding_dim
+        self.units = units
+        self.cell_type = cell
+        self.num_layers = num_layers
+        self.dropout = dropout
+        self.attention_score = attention
+        self.placement = placement
+        self.input_feeding = bool(input_feeding) and placement == "luong"
+        self.attention_units = attention_units or units
+
+        # === Layers ===
+        self.embedding = keras.layers.Embedding(vocabulary_size, embedding_dim, name="embedding")
+        self.cells = [CELLS[cell](units, name=f"{cell}_{i}") for i in range(num_layers)]
+        # General attention's keys live in the query's space, so its size is the cell's.
+        score_units = units if attention == "general" else self.attention_units
+        self.attention = (
+            None
+            if attention == "none"
+            else make_attention(attention, units=score_units, name="attention")
+        )
+        self.bridge = keras.layers.Dense(
+            num_layers * self._states_per_layer * units, activation="tanh", name="bridge"
+        )
+        self.attentional = (
+            keras.layers.Dense(units, activation="tanh", use_bias=False, name="attentional")
+            if placement == "luong"
+            else None
+        )
+        self.input_dropout = keras.layers.Dropout(dropout, name="input_dropout")
+        self.output_dropout = keras.layers.Dropout(dropout, name="output_dropout")
+        self.output_projection = keras.layers.Dense(vocabulary_size, name="output_projection")
+
+    @property
+    def _states_per_layer(self) -> int:
+        return 2 if self.cell_type == "lstm" else 1
+
+    def build(self, targets_shape, memory_shape, initial_state_shape=None):
+        memory_dim = memory_shape[-1]
+        batch = (None,)
+        self.embedding.build(tuple(targets_shape))
+        cell_input_dim = self.embedding_dim
+        if self.placement in ("bahdanau", "every_step"):
+            cell_input_dim += memory_dim
+        if self.input_feeding:
+            cell_input_dim += self.units
+        for cell in self.cells:
+            cell.build(batch + (cell_input_dim,))
+            cell_input_dim = self.units
+        if self.attention is not None:
+            self.attention.build(batch + (self.units,), tuple(memory_shape))
+        self.bridge.build(batch + (memory_dim,))
+        feature_dim = self.units
+        if self.placement == "luong":
+            self.attentional.build(batch + (memory_dim + self.units,))
+        elif self.placement in ("bahdanau", "every_step"):
+            feature_dim += memory_dim
+        self.output_projection.build(batch + (feature_dim,))
+        self.built = True
+
+    # === Memory and state ===
+
+    def prepare_memory(self, memory, memory_mask=None):
+        """Everything the steps read from the memory, computed once per input.
+
+        Returns a dict of tensors with the batch first (so beam search can tile it): the memory
+        `(batch, S, D)`, its mask `(batch, S)`, the attention keys and the summary `(batch, D)`.
+        """
+        if memory_mask is None:
+            memory_mask = ops.ones(ops.shape(memory)[:2], dtype="bool")
+        memory_mask = ops.cast(memory_mask, "bool")
+        keys = memory if self.attention is None else self.attention.precompute_keys(memory)
+        return {
+            "memory": memory,
+            "mask": memory_mask,
+            "keys": keys,
+            "summary": masked_mean(memory, memory_mask),
+        }
+
+    def initial_state(self, memory_context):
+        """The state before the first step, from the summary of `prepare_memory`.
+
+        A dict: `cells`, one list of `(batch, units)` tensors per layer (two for LSTM: h and c),
+        and for Luong input feeding `feed`, the previous attentional vector (zeros at first).
+        """
+        flat = self.bridge(memory_context["summary"])
+        pieces = ops.split(flat, self.num_layers * self._states_per_layer, axis=-1)
+        per_layer = self._states_per_layer
+        state = {
+            "cells": [pieces[i * per_layer : (i + 1) * per_layer] for i in range(self.num_layers)]
+        }
+        if self.input_feeding:
+            state["feed"] = ops.zeros_like(pieces[0])
+        return state
+
+    # === One step ===
+
+    def step(self, tokens, state, memory_context, training=False):
+        """One decoding step for search.
+
+        Args:
+            tokens: int `(batch,)`, the previous tokens.
+            state: from `initial_state` or the previous step.
+            memory_context: from `prepare_memory`.
+
+        Returns:
+            `(logits (batch, vocabulary_size), new_state, weights (batch, S))`.
+        """
+        embedded = self.embedding(tokens)
+        features, weights, state = self._step_features(embedded, state, memory_context)
+        logits = self.output_projection(self.output_dropout(features, training=training))
+        return logits, state, weights
+
+    def _step_features(self, embedded, state, memory_context):
+        """Embedded token `(batch, E)` -> features that predict the next token, weights, state."""
+        memory, keys, mask = (
+            memory_context["memory"],
+            memory_context["keys"],
+            memory_context["mask"],
+        )
+        cells = state["cells"]
+        weights = None
+        if self.placement == "bahdanau":
+            previous = cells[-1][0]  # s_{t-1}: the top layer's hidden state
+            context, weights = self.attention(previous, memory, keys=keys, memory_mask=mask)
+            cell_input = ops.concatenate([embedded, context], axis=-1)
+        elif self.placement == "every_step":
+            context = memory_context["summary"]
+            cell_input = ops.concatenate([embedded, context], axis=-1)
+        elif self.input_feeding:
+            cell_input = ops.concatenate([embedded, state["feed"]], axis=-1)
+        else:
+            cell_input = embedded
+
+        output, new_cells = self._run_cells(cell_input, cells)
+        new_state = {"cells": new_cells}
+
+        if self.placement == "luong":
+            context, weights = self.attention(output, memory, keys=keys, memory_mask=mask)
+            features = self.attentional(ops.concatenate([context, output], axis=-1))
+            if self.input_feeding:
+                new_state["feed"] = features
+        elif self.placement in ("bahdanau", "every_step"):
+            features = ops.concatenate([output, context], axis=-1)
+        else:
+            features = output
+        if weights is None:
+            weights = ops.zeros(ops.shape(mask), dtype=features.dtype)
+        return features, weights, new_state
+
+    def _run_cells(self, cell_input, cells):
+        new_cells = []
+        for cell, cell_state in zip(self.cells, cells):
+            cell_input, new_cell_state = cell(cell_input, list(cell_state))
+            new_cells.append(list(new_cell_state))
+        return cell_input, new_cells
+
+    # === All steps (teacher forcing) ===
+
+    def call(self, targets, memory, memory_mask=None, initial_state=None, training=False):
+        memory_context = self.prepare_memory(memory, memory_mask)
+        if initial_state is None:
+            initial_state = self.initial_state(memory_context)
+        embedded = self.input_dropout(self.embedding(targets), training=training)
+        features, weights, _ = self._scan(embedded, initial_state, memory_context)
+        logits = self.output_projection(self.output_dropout(features, training=training))
+        return logits, weights
+
+    def _scan(self, embedded, state, memory_context):
+        """Runs `_step_features` over time inside the graph (a `tf.while_loop`).
+
+        The output projection is applied afterwards to all steps at once, one large matrix
+        product instead of T small ones.
+        """
+        embedded_by_time = tf.TensorArray(embedded.dtype, size=0, dynamic_size=True)
+        embedded_by_time = embedded_by_time.unstack(tf.transpose(embedded, [1, 0, 2]))
+        steps = tf.shape(embedded)[1]
+        features_by_time = tf.TensorArray(self.compute_dtype, size=steps)
+        weights_by_time = tf.TensorArray(self.compute_dtype, size=steps)
+
+        def body(t, state, features_by_time, weights_by_time):
+            features, weights, state = self._step_features(
+                embedded_by_time.read(t), state, memory_context
+            )
+            features_by_time = features_by_time.write(t, tf.cast(features, self.compute_dtype))
+            weights_by_time = weights_by_time.write(t, tf.cast(weights, self.compute_dtype))
+            return t + 1, state, features_by_time, weights_by_time
+
+        _, state, features_by_time, weights_by_time = tf.while_loop(
+            lambda t, *_: t < steps,
+            body,
+            (tf.constant(0), state, features_by_time, weights_by_time),
+        )
+        features = tf.transpose(features_by_time.stack(), [1, 0, 2])
+        weights = tf.transpose(weights_by_time.stack(), [1, 0, 2])
+        return features, weights, state
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "vocabulary_size": self.vocabulary_size,
+            "embedding_dim": self.embedding_dim,
+            "units": self.units,
+            "cell": self.cell_type,
+            "num_layers": self.num_layers,
+            "dropout": self.dropout,
+            "attention": self.attention_score,
+            "placement": self.placement,
+            "input_feeding": self.input_feeding,
+            "attention_units": self.attention_units,
+        }
