@@ -290,4 +290,30 @@ def beam_search(
     )
 
 
-SEARCHES = ("greedy", "beam", "sample")
+def search(
+    step_fn,
+    state,
+    memory_context,
+    max_length: int,
+    beam_size=1,
+    alpha=0.0,
+    temperature=0.0,
+    top_k=0,
+    top_p=1.0,
+    seed=0,
+) -> SearchResult:
+    """One entry point for serving: sampling when `temperature > 0`, else beam search.
+
+    Beam size 1 is greedy search. Every knob may be a tensor, so one exported endpoint offers
+    all three searches; the choice is a `tf.cond` in the graph.
+    """
+    temperature = tf.cast(temperature, tf.float32)
+    beam_size = tf.maximum(tf.cast(beam_size, tf.int32), 1)
+
+    def by_sampling():
+        return sample(step_fn, state, memory_context, max_length, temperature, top_k, top_p, seed)
+
+    def by_beam():
+        return beam_search(step_fn, state, memory_context, max_length, beam_size, alpha)
+
+    return tf.cond(temperature > 0, by_sampling, by_beam)

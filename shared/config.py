@@ -1,0 +1,71 @@
+"""Settings as dataclasses: one source for defaults, `--help`, and the JSON saved with a model.
+
+`add_arguments(parser, SomeConfig)` turns every field into a `--flag` whose help text is the
+field's `help` metadata and whose default is the field's default; `from_args` builds the
+dataclass back from parsed arguments; `save`/`load` write it beside a trained model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+T = TypeVar("T")
+
+
+def setting(default: Any, help: str, choices=None) -> Any:
+    """A dataclass field with a help text (and optional choices) for the command line."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
+    hints = get_type_hints(config_class)
+    group = parser.add_argument_group(config_class.__name__)
+    for field in dataclasses.fields(config_class):
+        kind = hints[field.name]
+        parse = {bool: _parse_bool, int: int, float: float}.get(kind, str)
+        if kind == (float | None):
+            parse = float
+        elif kind == (int | None):
+            parse = int
+        group.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            type=parse,
+            default=field.default,
+            choices=field.metadata.get("choices"),
+            help=f"{field.metadata.get('help', '')} (default: {field.default})",
+        )
+
+
+def from_args(config_class: type[T], args: argparse.Namespace) -> T:
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return config_class(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def save(config, path: str | os.PathLike) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def load(config_class: type[T], path: str | os.PathLike) -> T:
+    data = json.loads(Path(path).read_text())
+    names = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {unknown}; was it written by another version?")
+    return config_class(**data)

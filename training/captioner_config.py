@@ -1,0 +1,69 @@
+"""Every setting of a captioner run, with defaults that train on the built-in shapes data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from captioner.encoder import ENCODERS
+from shared.attention import ATTENTION_SCORES
+from shared.config import setting
+from shared.decoder import CELLS
+
+PLACEMENTS = ("bahdanau", "luong", "init_state", "every_step")
+
+
+@dataclass
+class CaptionerConfig:
+    run_dir: str = setting("runs/captioner", "where the run is written")
+    # === Data ===
+    data: str = setting(
+        "shapes",
+        "shapes (built in) | coco:ANNOTATIONS.json:IMAGE_DIR | flickr8k:TOKEN_FILE:IMAGE_DIR "
+        "| tfds:coco_captions",
+    )
+    data_dir: str = setting("data", "where generated data and TFDS datasets are kept")
+    num_train: int = setting(6000, "shapes scenes for training")
+    num_val: int = setting(300, "shapes scenes for validation")
+    num_test: int = setting(500, "shapes scenes for the test split")
+    image_size: int = setting(64, "images are resized to this square size")
+    max_length: int = setting(24, "longest caption in tokens (longer ones are cut)")
+    max_vocabulary: int = setting(10000, "largest vocabulary, reserved tokens included")
+    min_count: int = setting(1, "words seen fewer times in training captions become [UNK]")
+    # === Encoder ===
+    encoder: str = setting("small_cnn", "image encoder", choices=ENCODERS)
+    weights: str = setting("none", "backbone weights: imagenet | none | PATH to a weights file")
+    fine_tune: bool = setting(False, "train the backbone's weights too")
+    feature_dim: int = setting(128, "size of each region feature")
+    # === Decoder ===
+    embedding_dim: int = setting(64, "word embedding size")
+    units: int = setting(256, "recurrent units per layer")
+    cell: str = setting("lstm", "recurrent cell", choices=tuple(CELLS))
+    num_layers: int = setting(1, "stacked recurrent layers")
+    attention: str = setting(
+        "additive", "attention score", choices=tuple(ATTENTION_SCORES) + ("none",)
+    )
+    placement: str = setting("bahdanau", "where attention enters the decoder", choices=PLACEMENTS)
+    dropout: float = setting(0.1, "dropout on embeddings and output features")
+    attention_regularization: float = setting(
+        0.0, "doubly stochastic attention penalty λ (Xu et al. use 1.0)"
+    )
+    # === Training ===
+    epochs: int = setting(12, "most passes over the training images")
+    batch_size: int = setting(64, "images per step (each with one of its captions at random)")
+    learning_rate: float = setting(3e-3, "Adam learning rate")
+    patience: int = setting(3, "epochs without validation improvement before stopping")
+    seed: int = setting(0, "seeds Python, NumPy and TensorFlow")
+    # === Evaluation ===
+    beam_size: int = setting(3, "beam size for the beam-search evaluation")
+    samples: int = setting(8, "attention pictures written to samples/")
+
+    def decoder_settings(self) -> dict:
+        return {
+            "embedding_dim": self.embedding_dim,
+            "units": self.units,
+            "cell": self.cell,
+            "num_layers": self.num_layers,
+            "dropout": self.dropout,
+            "attention": self.attention,
+            "placement": self.placement,
+        }

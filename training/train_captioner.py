@@ -1,0 +1,206 @@
+"""Train, evaluate and export a captioner: one command from data to a servable model.
+
+    python -m training.train_captioner                       # the built-in shapes data
+    python -m training.train_captioner --data flickr8k:Flickr8k.token.txt:Flicker8k_Dataset \\
+        --encoder mobilenet_v3_small --weights imagenet --image-size 224 --run-dir runs/flickr
+
+Steps: load the data and build the vocabulary from the training captions; fit with validation,
+checkpoints, TensorBoard and early stopping (a killed run started again with the same command
+resumes); evaluate on the test split (`training.evaluate_captioner`); export the SavedModel to
+`<run-dir>/export/captioner/<version>/`. `--help` lists every setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import zlib
+
+import keras
+import tensorflow as tf
+
+from captioner import data as caption_data
+from captioner.model import Captioner
+from shared import config as config_io
+from shared.export import write_savedmodel
+from shared.metrics import MaskedAccuracy, MaskedCrossEntropy
+from shared.text import Vocabulary
+from training.captioner_config import CaptionerConfig
+from training.common import UserError, prepare_run_dir, run_main, training_callbacks
+
+EXPORT_NAME = "captioner"
+SPLITS = ("train", "validation", "test")
+
+
+def load_split(config: CaptionerConfig, split: str) -> tf.data.Dataset:
+    """One split of the configured source, in the common element structure of captioner.data."""
+    if split not in SPLITS:
+        raise ValueError(f"Expected one of {SPLITS}. Received: split={split!r}")
+    kind, _, rest = config.data.partition(":")
+    if kind == "shapes":
+        return caption_data.load_shapes(
+            split,
+            config.data_dir,
+            config.image_size,
+            config.num_train,
+            config.num_val,
+            config.num_test,
+            config.seed,
+        )
+    if kind == "tfds":
+        tfds_split = {"train": "train", "validation": "val", "test": "test"}[split]
+        return caption_data.load_tfds_coco_captions(tfds_split, config.data_dir, config.image_size)
+    if kind in ("coco", "flickr8k"):
+        annotations, _, image_dir = rest.rpartition(":")
+        if not annotations or not image_dir:
+            raise UserError(f"--data {config.data!r}: expected {kind}:ANNOTATIONS:IMAGE_DIR.")
+        if kind == "coco":
+            dataset = caption_data.load_coco_json(annotations, image_dir, config.image_size)
+        else:
+            dataset = caption_data.load_flickr8k(annotations, image_dir, config.image_size)
+        return deterministic_split(dataset, split)
+    raise UserError(
+        f"--data {config.data!r}: expected shapes, coco:…, flickr8k:… or tfds:coco_captions."
+    )
+
+
+def deterministic_split(dataset: tf.data.Dataset, split: str) -> tf.data.Dataset:
+    """90 / 5 / 5 by a hash of the first caption, the same on every run and machine."""
+
+    def bucket(element):
+        fingerprint = tf.strings.to_hash_bucket_fast(element["captions"][0], 20)
+        return {
+            "train": fingerprint >= 2,
+            "validation": fingerprint == 0,
+            "test": fingerprint == 1,
+        }[split]
+
+    return dataset.filter(bucket)
+
+
+def build_vocabulary(config: CaptionerConfig, train: tf.data.Dataset) -> Vocabulary:
+    captions = (
+        c.decode("utf-8") for element in train.as_numpy_iterator() for c in element["captions"]
+    )
+    return Vocabulary.from_texts(
+        captions, "word", max_size=config.max_vocabulary, min_count=config.min_count
+    )
+
+
+def training_batches(
+    dataset: tf.data.Dataset, model: Captioner, batch_size: int, shuffle: bool, seed: int
+) -> tf.data.Dataset:
+    """Elements -> `({"image", "decoder_inputs"}, labels)` batches, one random caption per image.
+
+    A new caption is drawn for every image in every epoch, so an epoch costs one pass over
+    the images, and over the epochs the model sees every wording.
+    """
+    dataset = dataset.cache()
+    if shuffle:
+        dataset = dataset.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
+
+    def one_caption(element):
+        captions = element["captions"]
+        pick = tf.random.uniform([], 0, tf.shape(captions)[0], dtype=tf.int32)
+        return element["image"], captions[pick] if shuffle else captions[0]
+
+    def to_model_inputs(images, captions):
+        decoder_inputs, labels = model.text.encode_target(captions)
+        return {"image": images, "decoder_inputs": decoder_inputs}, labels
+
+    return (
+        dataset.map(one_caption, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(batch_size)
+        .map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def build_model(config: CaptionerConfig, vocabulary: Vocabulary) -> Captioner:
+    model = Captioner(
+        vocabulary.tokens,
+        max_length=config.max_length,
+        image_size=config.image_size,
+        encoder=config.encoder,
+        weights=config.weights,
+        fine_tune=config.fine_tune,
+        feature_dim=config.feature_dim,
+        attention_regularization=config.attention_regularization,
+        decoder=config.decoder_settings(),
+        name="captioner",
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0),
+        loss=MaskedCrossEntropy(),
+        metrics=[MaskedAccuracy()],
+    )
+    return model
+
+
+def export(model: Captioner, run_dir, config: CaptionerConfig):
+    """Writes `<run_dir>/export/captioner/<version>/` with the `caption` endpoint."""
+    size = config.image_size
+    endpoint = model.serving_function(
+        lambda image_bytes: caption_data.decode_image(image_bytes, size)
+    )
+    return write_savedmodel(
+        run_dir / "export" / EXPORT_NAME,
+        {"caption": endpoint},
+        track=[model],
+        metadata={
+            "kind": "captioner",
+            "image_size": size,
+            "grid_shape": list(model.grid_shape),
+            "inputs": {"image_bytes": "string (batch,)", "beam_size": "int32 ()"},
+        },
+    )
+
+
+def train(config: CaptionerConfig, overwrite: bool = False, evaluate: bool = True) -> dict:
+    """The whole run; returns the evaluation metrics."""
+    from training import evaluate_captioner  # evaluation imports plotting; load it only here
+
+    keras.utils.set_random_seed(config.seed)
+    run_dir = prepare_run_dir(config.run_dir, config, EXPORT_NAME, overwrite)
+    train_data = load_split(config, "train")
+    vocabulary = build_vocabulary(config, train_data)
+    vocabulary.save(run_dir / "vocabulary.json")
+    print(f"vocabulary: {len(vocabulary)} tokens")
+
+    model = build_model(config, vocabulary)
+    seed = zlib.crc32(str(config.seed).encode())
+    train_batches = training_batches(train_data, model, config.batch_size, True, seed)
+    val_batches = training_batches(
+        load_split(config, "validation"), model, config.batch_size, False, seed
+    )
+    model(next(iter(val_batches))[0])  # build every weight before BackupAndRestore restores them
+    model.fit(
+        train_batches,
+        validation_data=val_batches,
+        epochs=config.epochs,
+        callbacks=training_callbacks(run_dir, config.patience),
+        verbose=2,
+    )
+    metrics = {}
+    if evaluate:
+        metrics = evaluate_captioner.evaluate(model, config, run_dir)
+    version_dir = export(model, run_dir, config)
+    print(f"exported: {version_dir}")
+    return metrics
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="train again in a run directory that holds a model"
+    )
+    parser.add_argument("--no-evaluate", action="store_true", help="skip the test-split evaluation")
+    config_io.add_arguments(parser, CaptionerConfig)
+    args = parser.parse_args(argv)
+    config = config_io.from_args(CaptionerConfig, args)
+    train(config, overwrite=args.overwrite, evaluate=not args.no_evaluate)
+
+
+if __name__ == "__main__":
+    run_main(main)
