@@ -82,15 +82,21 @@ def prepare_run_dir(run_dir: str | os.PathLike, config, export_name: str, overwr
     return run_dir
 
 
-def training_callbacks(run_dir: Path, patience: int) -> list[keras.callbacks.Callback]:
-    """Checkpoints, resumption, logs and early stopping, in the order Keras should run them."""
+def training_callbacks(
+    run_dir: Path, patience: int, monitor: str = "val_loss"
+) -> list[keras.callbacks.Callback]:
+    """Checkpoints, resumption, logs and early stopping, in the order Keras should run them.
+
+    `monitor` is the loss that picks the best model: `val_loss`, or `loss` for a run that
+    trains on all its data on purpose.
+    """
     return [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         keras.callbacks.ModelCheckpoint(
-            str(run_dir / "model.keras"), monitor="val_loss", save_best_only=True
+            str(run_dir / "model.keras"), monitor=monitor, save_best_only=True
         ),
         keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=patience, restore_best_weights=True
+            monitor=monitor, patience=patience, restore_best_weights=True
         ),
         keras.callbacks.TensorBoard(str(run_dir / "logs")),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),

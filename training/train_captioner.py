@@ -48,7 +48,9 @@ def load_split(config: CaptionerConfig, split: str) -> tf.data.Dataset:
         )
     if kind == "tfds":
         tfds_split = {"train": "train", "validation": "val", "test": "test"}[split]
-        return caption_data.load_tfds_coco_captions(tfds_split, config.data_dir, config.image_size)
+        return caption_data.load_tfds_coco_captions(
+            tfds_split, config.image_size, data_dir=config.data_dir
+        )
     if kind in ("coco", "flickr8k"):
         annotations, _, image_dir = rest.rpartition(":")
         if not annotations or not image_dir:

@@ -1,0 +1,229 @@
+"""The chatbot: a recurrent encoder reads the prompt; the shared AttentionDecoder writes the reply.
+
+Encoder: embedding -> (bidirectional, optionally stacked) LSTM or GRU. Its outputs at every
+source position are the decoder's memory (`(batch, S, 2 * units)` when bidirectional), and the
+padding mask says which positions are real. The decoder's bridge turns the memory's mean into
+its initial state.
+
+Training reads `{"source": int (batch, S), "decoder_inputs": int (batch, T)}`. Replying runs
+tokenization, search and detokenization in the graph: `reply_texts` takes raw strings.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from shared.decoder import AttentionDecoder
+from shared.search import search
+from shared.text import PAD_ID, TextVectorizer
+
+ENCODER_CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
+
+
+@keras.saving.register_keras_serializable(package="glimpse")
+class SentenceEncoder(keras.layers.Layer):
+    """Token ids `(batch, S)` -> memory `(batch, S, units * directions)`.
+
+    Args:
+        vocabulary_size: source vocabulary size (id 0 is padding).
+        embedding_dim, units, num_layers: sizes.
+        cell: `"lstm"` or `"gru"`.
+        bidirectional: read the sentence both ways and concatenate.
+        dropout: on the embeddings.
+    """
+
+    def __init__(
+        self,
+        vocabulary_size: int,
+        embedding_dim: int = 128,
+        units: int = 256,
+        cell: str = "lstm",
+        num_layers: int = 1,
+        bidirectional: bool = True,
+        dropout: float = 0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if cell not in ENCODER_CELLS:
+            raise ValueError(f"Expected one of {sorted(ENCODER_CELLS)}. Received: cell={cell!r}")
+        if num_layers < 1:
+            raise ValueError(f"Expected num_layers >= 1. Received: num_layers={num_layers}")
+        self.vocabulary_size = vocabulary_size
+        self.embedding_dim = embedding_dim
+        self.units = units
+        self.cell = cell
+        self.num_layers = num_layers
+        self.bidirectional = bidirectional
+        self.dropout = dropout
+        self.embedding = keras.layers.Embedding(vocabulary_size, embedding_dim, name="embedding")
+        self.embedding_dropout = keras.layers.Dropout(dropout, name="embedding_dropout")
+        self.recurrent_layers = []
+        for i in range(num_layers):
+            layer = ENCODER_CELLS[cell](units, return_sequences=True, name=f"{cell}_{i}")
+            if bidirectional:
+                layer = keras.layers.Bidirectional(layer, name=f"bidirectional_{i}")
+            self.recurrent_layers.append(layer)
+
+    @property
+    def output_dim(self) -> int:
+        return self.units * (2 if self.bidirectional else 1)
+
+    def build(self, ids_shape):
+        self.embedding.build(ids_shape)
+        shape = tuple(ids_shape) + (self.embedding_dim,)
+        for layer in self.recurrent_layers:
+            layer.build(shape)
+            shape = shape[:-1] + (self.output_dim,)
+        self.built = True
+
+    def call(self, ids, training=False):
+        mask = ids != PAD_ID
+        x = self.embedding_dropout(self.embedding(ids), training=training)
+        for layer in self.recurrent_layers:
+            x = layer(x, mask=mask, training=training)
+        return x, mask
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "vocabulary_size": self.vocabulary_size,
+            "embedding_dim": self.embedding_dim,
+            "units": self.units,
+            "cell": self.cell,
+            "num_layers": self.num_layers,
+            "bidirectional": self.bidirectional,
+            "dropout": self.dropout,
+        }
+
+
+@keras.saving.register_keras_serializable(package="glimpse")
+class Seq2Seq(keras.Model):
+    """Sentence encoder and attention decoder, with their vocabularies.
+
+    Args:
+        source_tokens, target_tokens: vocabularies of prompts and replies.
+        mode: tokenization, `"word"` or `"char"` (Chinese, Japanese).
+        max_source_length, max_target_length: longest prompt read and reply written, in tokens.
+        encoder: keyword arguments of `SentenceEncoder` (besides `vocabulary_size`).
+        decoder: keyword arguments of `AttentionDecoder` (besides `vocabulary_size`).
+    """
+
+    def __init__(
+        self,
+        source_tokens,
+        target_tokens,
+        mode: str = "word",
+        max_source_length: int = 32,
+        max_target_length: int = 32,
+        encoder: dict | None = None,
+        decoder: dict | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.source_tokens = list(source_tokens)
+        self.target_tokens = list(target_tokens)
+        self.mode = mode
+        self.max_source_length = max_source_length
+        self.max_target_length = max_target_length
+        self.encoder_settings = dict(encoder or {})
+        self.decoder_settings = dict(decoder or {})
+
+        # === Layers ===
+        self.source_text = TextVectorizer(
+            self.source_tokens, mode, max_source_length, name="source_text"
+        )
+        self.target_text = TextVectorizer(
+            self.target_tokens, mode, max_target_length, name="target_text"
+        )
+        self.encoder = SentenceEncoder(
+            len(self.source_tokens), **self.encoder_settings, name="encoder"
+        )
+        self.decoder = AttentionDecoder(
+            len(self.target_tokens), **self.decoder_settings, name="decoder"
+        )
+
+    def build(self, input_shape):
+        self.encoder.build(tuple(input_shape["source"]))
+        memory_shape = tuple(input_shape["source"]) + (self.encoder.output_dim,)
+        self.decoder.build(tuple(input_shape["decoder_inputs"]), memory_shape)
+        self.built = True
+
+    def call(self, inputs, training=False):
+        memory, mask = self.encoder(inputs["source"], training=training)
+        logits, _ = self.decoder(inputs["decoder_inputs"], memory, mask, training=training)
+        return logits
+
+    # === Replying, in the graph ===
+
+    def reply_ids(
+        self, source_ids, beam_size=1, alpha=0.0, temperature=0.0, top_k=0, top_p=1.0, seed=0
+    ):
+        """Source ids `(batch, S)` -> `shared.search.SearchResult`."""
+        memory, mask = self.encoder(source_ids, training=False)
+        memory_context = self.decoder.prepare_memory(memory, mask)
+        state = self.decoder.initial_state(memory_context)
+        return search(
+            self.decoder.step,
+            state,
+            memory_context,
+            self.max_target_length,
+            beam_size=beam_size,
+            alpha=alpha,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+        )
+
+    def reply_texts(self, texts, **search_settings):
+        """Raw strings `(batch,)` -> dict of `reply`, `score`, `attention`, tokens, `length`."""
+        source_ids = self.source_text(texts)
+        result = self.reply_ids(source_ids, **search_settings)
+        return {
+            "reply": self.target_text.decode(result.tokens),
+            "score": result.scores,
+            "attention": result.weights,
+            "reply_tokens": self.target_text.ids_to_tokens(result.tokens).to_tensor(
+                default_value=""
+            ),
+            "input_tokens": self.source_text.input_tokens(texts).to_tensor(default_value=""),
+            "length": result.lengths,
+        }
+
+    def serving_function(self):
+        """The `reply` endpoint of the SavedModel: raw strings and search settings in."""
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None], tf.string, name="text"),
+                tf.TensorSpec([], tf.int32, name="beam_size"),
+                tf.TensorSpec([], tf.float32, name="temperature"),
+                tf.TensorSpec([], tf.int32, name="top_k"),
+                tf.TensorSpec([], tf.float32, name="top_p"),
+                tf.TensorSpec([], tf.int32, name="seed"),
+            ]
+        )
+        def reply(text, beam_size, temperature, top_k, top_p, seed):
+            return self.reply_texts(
+                text,
+                beam_size=beam_size,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                seed=seed,
+            )
+
+        return reply
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "source_tokens": self.source_tokens,
+            "target_tokens": self.target_tokens,
+            "mode": self.mode,
+            "max_source_length": self.max_source_length,
+            "max_target_length": self.max_target_length,
+            "encoder": self.encoder_settings,
+            "decoder": self.decoder_settings,
+        }

@@ -1,0 +1,81 @@
+"""Every setting of a chatbot run, with defaults that train on the English ChatterBot corpus."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chatbot.model import ENCODER_CELLS
+from shared.attention import ATTENTION_SCORES
+from shared.config import setting
+from shared.decoder import CELLS
+from training.captioner_config import PLACEMENTS
+
+
+@dataclass
+class ChatbotConfig:
+    run_dir: str = setting("runs/chatbot", "where the run is written")
+    # === Data ===
+    data: str = setting(
+        "chatterbot",
+        "chatterbot[:LANGUAGE[:TOPICS]] | cornell:DIR | tsv:PATH | copy | reverse | sort"
+        "[:num=N,min_len=N,max_len=N,vocab_size=N]",
+    )
+    context_turns: int = setting(1, "turns of a conversation that form the prompt")
+    holdout: float = setting(
+        0.0,
+        "share of prompts held out of training to measure generalisation (0: train on all, "
+        "so the model knows its corpus)",
+    )
+    mode: str = setting(
+        "word", "tokenization (char for Chinese and Japanese)", choices=("word", "char")
+    )
+    max_source_length: int = setting(40, "longest prompt read, in tokens (longer ones are cut)")
+    max_target_length: int = setting(48, "longest reply written, in tokens")
+    max_vocabulary: int = setting(20000, "largest vocabulary per side, reserved tokens included")
+    min_count: int = setting(1, "rarer tokens become [UNK]")
+    # === Model ===
+    embedding_dim: int = setting(128, "token embedding size")
+    encoder_units: int = setting(256, "encoder units per direction")
+    encoder_cell: str = setting("lstm", "encoder cell", choices=tuple(ENCODER_CELLS))
+    encoder_layers: int = setting(1, "stacked encoder layers")
+    bidirectional: bool = setting(True, "read the prompt in both directions")
+    units: int = setting(512, "decoder units per layer")
+    cell: str = setting("lstm", "decoder cell", choices=tuple(CELLS))
+    num_layers: int = setting(1, "stacked decoder layers")
+    attention: str = setting(
+        "additive", "attention score", choices=tuple(ATTENTION_SCORES) + ("none",)
+    )
+    placement: str = setting("bahdanau", "where attention enters the decoder", choices=PLACEMENTS)
+    input_feeding: bool = setting(True, "Luong placement: feed the attentional vector back")
+    dropout: float = setting(0.1, "dropout on embeddings and output features")
+    # === Training ===
+    epochs: int = setting(60, "most passes over the training pairs")
+    batch_size: int = setting(64, "pairs per step")
+    learning_rate: float = setting(3e-3, "Adam learning rate")
+    patience: int = setting(5, "epochs without improvement before stopping")
+    seed: int = setting(0, "seeds Python, NumPy and TensorFlow, and the data split")
+    # === Evaluation ===
+    beam_size: int = setting(3, "beam size for the beam-search evaluation")
+    samples: int = setting(6, "attention heatmaps written to samples/")
+
+    def encoder_settings(self) -> dict:
+        return {
+            "embedding_dim": self.embedding_dim,
+            "units": self.encoder_units,
+            "cell": self.encoder_cell,
+            "num_layers": self.encoder_layers,
+            "bidirectional": self.bidirectional,
+            "dropout": self.dropout,
+        }
+
+    def decoder_settings(self) -> dict:
+        return {
+            "embedding_dim": self.embedding_dim,
+            "units": self.units,
+            "cell": self.cell,
+            "num_layers": self.num_layers,
+            "dropout": self.dropout,
+            "attention": self.attention,
+            "placement": self.placement,
+            "input_feeding": self.input_feeding,
+        }
