@@ -36,13 +36,16 @@ def _strings(array) -> list[str]:
 def caption_split(model: Captioner, dataset: tf.data.Dataset, beam_size: int, batch_size=64):
     """Captions every element; returns one dict per image with what evaluation needs."""
     size = model.image_size
-    caption = tf.function(
-        lambda images, beam: model.caption_images(images, beam_size=beam),
+
+    @tf.function(
         input_signature=[
             tf.TensorSpec([None, size, size, 3], tf.uint8),
             tf.TensorSpec([], tf.int32),
-        ],
+        ]
     )
+    def caption(images, beam):
+        return model.caption_images(images, beam_size=beam)
+
     records = []
     for batch in dataset.padded_batch(batch_size).as_numpy_iterator():
         outputs = caption(tf.constant(batch["image"]), tf.constant(beam_size))

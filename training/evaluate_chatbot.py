@@ -44,10 +44,11 @@ UNSEEN_PROMPTS = (
 
 def reply_all(model: Seq2Seq, prompts: list[str], beam_size: int = 1, batch_size: int = 128):
     """Replies to every prompt, in batches, with the in-graph search."""
-    respond = tf.function(
-        lambda texts, beam: model.reply_texts(texts, beam_size=beam),
-        input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int32)],
-    )
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int32)])
+    def respond(texts, beam):
+        return model.reply_texts(texts, beam_size=beam)
+
     outputs = []
     for start in range(0, len(prompts), batch_size):
         batch = respond(tf.constant(prompts[start : start + batch_size]), tf.constant(beam_size))
