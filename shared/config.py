@@ -58,12 +58,14 @@ def from_args(config_class: type[T], args: argparse.Namespace) -> T:
 def save(config, path: str | os.PathLike) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2, ensure_ascii=False))
+    tmp.write_text(
+        json.dumps(dataclasses.asdict(config), indent=2, ensure_ascii=False), encoding="utf-8"
+    )
     os.replace(tmp, path)
 
 
 def load(config_class: type[T], path: str | os.PathLike) -> T:
-    data = json.loads(Path(path).read_text())
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
     names = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(set(data) - names)
     if unknown:

@@ -90,4 +90,4 @@ def write_savedmodel(
 
 def read_metadata(version_dir: str | os.PathLike) -> dict:
     path = Path(version_dir) / METADATA_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -103,8 +103,9 @@ def _token_by_token(step_fn, state, memory_context, max_length, choose):
         maximum_iterations=max_length,
     )
     padding = max_length - t
-    tokens = tf.pad(tf.transpose(token_buffer.stack()), [[0, 0], [0, padding]])
-    weights = tf.transpose(weight_buffer.stack(), [1, 0, 2])
+    emitted = tf.range(t)  # the buffers have max_length slots; only the first t were written
+    tokens = tf.pad(tf.transpose(token_buffer.gather(emitted)), [[0, 0], [0, padding]])
+    weights = tf.transpose(weight_buffer.gather(emitted), [1, 0, 2])
     weights = tf.pad(weights, [[0, 0], [0, padding], [0, 0]])
     weights = tf.reshape(weights, [batch_size, max_length, source_len])
     tokens = tf.reshape(tokens, [batch_size, max_length])

@@ -50,11 +50,13 @@ def standardize(text: tf.Tensor, mode: str = "word") -> tf.Tensor:
     text = tf.strings.unicode_transcode(
         text, "UTF-8", "UTF-8", errors="replace", replace_control_characters=False
     )
-    text = tf.strings.lower(text, encoding="utf-8")
+    # Control characters first: lowercasing stops at a NUL.
     text = tf.strings.regex_replace(text, r"[\p{Cc}\p{Cf}]", " ")
+    text = tf.strings.lower(text, encoding="utf-8")
     if mode == "word":
-        text = tf.strings.regex_replace(text, r"([^\p{L}\p{N}\p{M}\s'])", r" \1 ")
-    text = tf.strings.regex_replace(text, r"\s+", " ")
+        # A symbol keeps its combining marks (e.g. an emoji's variation selector).
+        text = tf.strings.regex_replace(text, r"([^\p{L}\p{N}\p{M}\s\p{Z}']\p{M}*)", r" \1 ")
+    text = tf.strings.regex_replace(text, r"[\s\p{Z}]+", " ")  # also no-break and ideographic
     return tf.strings.strip(text)
 
 
@@ -147,7 +149,8 @@ class Vocabulary:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(
-            json.dumps({"mode": self.mode, "tokens": list(self.tokens)}, ensure_ascii=False)
+            json.dumps({"mode": self.mode, "tokens": list(self.tokens)}, ensure_ascii=False),
+            encoding="utf-8",
         )
         os.replace(tmp, path)
 

@@ -1,0 +1,6 @@
+"""Settings every test process needs before TensorFlow is first imported."""
+
+import os
+
+# TensorFlow's C++ info and warning lines would bury pytest's output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
