@@ -30,7 +30,7 @@ class ChatbotConfig:
         "word", "tokenization (char for Chinese and Japanese)", choices=("word", "char")
     )
     max_source_length: int = setting(40, "longest prompt read, in tokens (longer ones are cut)")
-    max_target_length: int = setting(48, "longest reply written, in tokens")
+    max_target_length: int = setting(64, "longest reply written, in tokens")
     max_vocabulary: int = setting(20000, "largest vocabulary per side, reserved tokens included")
     min_count: int = setting(1, "rarer tokens become [UNK]")
     # === Model ===
@@ -39,7 +39,7 @@ class ChatbotConfig:
     encoder_cell: str = setting("lstm", "encoder cell", choices=tuple(ENCODER_CELLS))
     encoder_layers: int = setting(1, "stacked encoder layers")
     bidirectional: bool = setting(True, "read the prompt in both directions")
-    units: int = setting(512, "decoder units per layer")
+    units: int = setting(256, "decoder units per layer")
     cell: str = setting("lstm", "decoder cell", choices=tuple(CELLS))
     num_layers: int = setting(1, "stacked decoder layers")
     attention: str = setting(
