@@ -55,7 +55,7 @@ def prepare_run_dir(run_dir: str | os.PathLike, config, export_name: str, overwr
     if run_dir.exists() and any(run_dir.iterdir()):
         finished = latest_version(run_dir / "export" / export_name) is not None
         same_config = config_path.is_file() and (
-            json.loads(config_path.read_text()) == dataclasses.asdict(config)
+            json.loads(config_path.read_text(encoding="utf-8")) == dataclasses.asdict(config)
         )
         if not overwrite:
             if finished:
@@ -105,5 +105,5 @@ def training_callbacks(
 
 def write_json(path: Path, data) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, path)

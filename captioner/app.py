@@ -1,0 +1,240 @@
+"""The captioner web demo: upload a picture, read its caption, see where each word looked.
+
+    python -m captioner.app [--run-dir runs/captioner] [--host 127.0.0.1] [--port 7860]
+
+Why this module exists: a caption alone does not show whether the model looked at the right
+thing. The page shows, for each generated word, the picture tinted red where that word's
+attention was strongest.
+
+The demo serves the newest SavedModel in `<run-dir>/export/captioner/` through its `caption`
+endpoint (encoded image bytes in; caption, score, per-word attention over the regions out), so
+it runs any exported captioner and imports no model code. The model gets the uploaded file's
+own bytes when TensorFlow can decode them, else the picture re-encoded as PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from captioner.shapes import generate_scenes
+from shared import serving
+from shared.plots import overlay_attention
+
+EXPORT_NAME = "captioner"
+TRAIN_MODULE = "training.train_captioner"
+DEFAULT_RUN_DIR = "runs/captioner"
+SEARCH_CHOICES = [("greedy", 1), ("beam search, 3 beams", 3), ("beam search, 5 beams", 5)]
+DEFAULT_BEAM_SIZE = 3
+TF_DECODABLE_FORMATS = frozenset({"PNG", "JPEG", "GIF", "BMP", "WEBP"})  # tf.io.decode_image
+EXIF_ORIENTATION = 0x0112  # a camera's "turn me upright" tag, which TensorFlow ignores
+MAX_PIXELS = 25_000_000  # a small file can still unpack into a huge picture
+DISPLAY_SIDE = 320  # longest side, in pixels, of the attention panels
+NUM_EXAMPLES = 4
+EXAMPLE_SEED = 2024
+
+
+@dataclass
+class Upload:
+    """An uploaded picture: the bytes the model reads and the picture the page shows."""
+
+    model_bytes: bytes
+    picture: np.ndarray  # uint8 (height, width, 3), upright, transparency flattened on white
+
+
+@dataclass
+class Caption:
+    """One caption and where each of its words looked."""
+
+    text: str
+    score: float
+    words: list[str]
+    attention: np.ndarray  # float32 (len(words), regions)
+    grid_shape: tuple[int, int]
+
+
+def read_upload(path: str | Path, name: str) -> Upload:
+    """Reads an uploaded file; ValueError naming `name` when it is not a readable picture."""
+    data = Path(path).read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            if image.width * image.height > MAX_PIXELS:
+                raise ValueError(
+                    f"it has {image.width}x{image.height} pixels, more than the "
+                    f"{MAX_PIXELS // 1_000_000} million this demo accepts"
+                )
+            image.load()
+            file_format = image.format
+            rotated = image.getexif().get(EXIF_ORIENTATION, 1) != 1
+            rgba = ImageOps.exif_transpose(image).convert("RGBA")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(
+            f"{name} is not a picture that can be read ({error}); upload a PNG or JPEG image."
+        ) from error
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    picture = Image.alpha_composite(white, rgba).convert("RGB")
+    if file_format not in TF_DECODABLE_FORMATS or rotated:
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        data = buffer.getvalue()
+    return Upload(data, np.asarray(picture))
+
+
+def run_caption(model, image_bytes: bytes, beam_size: int) -> Caption:
+    """Calls the export's `caption` endpoint on one encoded picture."""
+    import tensorflow as tf
+
+    outputs = caption_endpoint(model)(
+        image_bytes=tf.constant([image_bytes]), beam_size=tf.constant(beam_size, tf.int32)
+    )
+    words = [word for word in serving.as_text(outputs["tokens"][0]) if word]
+    attention = outputs["attention"][0].numpy()[: len(words)]
+    grid_height, grid_width = (int(v) for v in outputs["grid_shape"].numpy())
+    return Caption(
+        text=serving.as_text(outputs["caption"])[0],
+        score=float(outputs["score"].numpy()[0]),
+        words=words,
+        attention=attention,
+        grid_shape=(grid_height, grid_width),
+    )
+
+
+def caption_endpoint(model):
+    """The `caption` function of a loaded SavedModel; ValueError when it has none."""
+    endpoint = getattr(model, "caption", None)
+    if endpoint is None:
+        endpoint = getattr(model, "signatures", {}).get("caption")
+    if endpoint is None:
+        raise ValueError("the SavedModel has no `caption` endpoint; is it a captioner export?")
+    return endpoint
+
+
+def display_size(picture: np.ndarray) -> np.ndarray:
+    """`picture` scaled so its longest side is `DISPLAY_SIDE` pixels (small pictures grow)."""
+    height, width = picture.shape[:2]
+    scale = DISPLAY_SIDE / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(picture).resize(size, Image.Resampling.BICUBIC))
+
+
+def attention_panels(picture: np.ndarray, caption: Caption) -> list[tuple[np.ndarray, str]]:
+    """One `(overlay, word)` panel per generated word: `picture` tinted where the word looked."""
+    shown = display_size(picture)
+    return [
+        (overlay_attention(shown, weights, caption.grid_shape), word)
+        for word, weights in zip(caption.words, caption.attention)
+    ]
+
+
+def example_images(image_size: int) -> list[str]:
+    """Paths of a few generated shape pictures (written once into the temp folder)."""
+    folder = Path(tempfile.gettempdir()) / "glimpse-examples" / f"shapes-{image_size}px"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"example-{index}.png" for index in range(NUM_EXAMPLES)]
+    if not all(path.is_file() for path in paths):
+        scenes = generate_scenes(NUM_EXAMPLES, seed=EXAMPLE_SEED, image_size=image_size)
+        for path, scene in zip(paths, scenes):
+            partial = path.with_suffix(f".{os.getpid()}.partial")
+            Image.fromarray(scene.image).save(partial, format="PNG")
+            partial.replace(path)  # atomic: another process never reads half a file
+    return [str(path) for path in paths]
+
+
+def build_app(run_dir: str | Path = DEFAULT_RUN_DIR) -> gr.Blocks:
+    """The captioner page for the newest export in `run_dir` (or a "no model" notice)."""
+    model, image_size, problem = None, 64, None
+    version_dir = serving.find_export(run_dir, EXPORT_NAME)
+    if version_dir is None:
+        problem = serving.no_model_message(run_dir, EXPORT_NAME, TRAIN_MODULE)
+    else:
+        try:
+            loaded = serving.load_export(version_dir)
+            caption_endpoint(loaded.model)
+            model, image_size = loaded.model, int(loaded.metadata.get("image_size", 64))
+        except Exception as error:  # any failure to load is reported on the page instead
+            problem = serving.load_failed_message(version_dir, error, TRAIN_MODULE)
+    if problem:
+        print(problem, flush=True)
+
+    def caption_upload(upload: dict | None, beam_size):
+        """Payload of the image input (unprocessed: Gradio would choke on broken files)."""
+        if model is None:
+            raise gr.Error(problem)
+        if not upload or not upload.get("path"):
+            raise gr.Error("Upload a picture first, or click one of the examples.")
+        if beam_size not in [value for _, value in SEARCH_CHOICES]:
+            raise gr.Error(f"Unknown search setting {beam_size!r}; choose one of the options.")
+        name = upload.get("orig_name") or Path(upload["path"]).name
+        try:
+            picture = read_upload(upload["path"], name)
+            caption = run_caption(model, picture.model_bytes, int(beam_size))
+        except ValueError as error:
+            raise gr.Error(str(error)) from error
+        except Exception as error:  # TensorFlow's decode errors and the like
+            raise gr.Error(
+                f"The model could not caption {name} ({type(error).__name__}); "
+                "try the picture saved as PNG or JPEG."
+            ) from error
+        return caption.text, round(caption.score, 4), attention_panels(picture.picture, caption)
+
+    with gr.Blocks(title="Glimpse captioner") as demo:
+        gr.Markdown(
+            "## Glimpse: image captioner\n"
+            "Upload a picture (or click an example) and press **Caption**. Each panel below "
+            "shows one word of the caption, with the picture tinted red where the model "
+            "looked while writing it."
+        )
+        if problem:
+            gr.Markdown(f"**{problem}**", elem_id="problem")
+        elif version_dir is not None:
+            gr.Markdown(f"Model: `{version_dir}`")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(
+                    type="filepath",
+                    label="Picture",
+                    sources=["upload", "clipboard"],
+                    height=320,
+                    elem_id="picture",
+                )
+                search = gr.Radio(
+                    SEARCH_CHOICES, value=DEFAULT_BEAM_SIZE, label="Search", type="value"
+                )
+                button = gr.Button("Caption", variant="primary", elem_id="caption-button")
+                gr.Examples(
+                    example_images(image_size), inputs=image, label="Examples", elem_id="examples"
+                )
+            with gr.Column():
+                caption_text = gr.Textbox(label="Caption", elem_id="caption-text")
+                score = gr.Number(label="Score (log-probability)")
+                panels = gr.Gallery(
+                    label="Attention per word", columns=3, format="png", elem_id="attention"
+                )
+        button.click(
+            caption_upload,
+            inputs=[image, search],
+            outputs=[caption_text, score, panels],
+            api_name="caption",
+            preprocess=False,  # read the file ourselves: a broken upload gets a clear message
+        )
+    return demo
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="the training run to serve")
+    serving.add_launch_arguments(parser)
+    args = parser.parse_args(argv)
+    serving.serve_forever(build_app(args.run_dir), args.host, args.port, args.share)
+
+
+if __name__ == "__main__":
+    main()

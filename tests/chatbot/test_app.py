@@ -1,0 +1,201 @@
+"""The chatbot demo, served for real and called through gradio_client.
+
+A tiny fake SavedModel with exactly the export's `reply` endpoint stands in for a trained model:
+it replies with the message's words reversed (in capitals when sampling), and each reply word
+attends only to the input word it copies, so every answer the page gives is known in advance.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from chatbot import app
+from shared import serving
+
+FAKE_SOURCE_LENGTH = 8  # input tokens the fake reads; longer messages are cut
+FAKE_MAX_LENGTH = 8
+GREEDY = ("greedy", 4, 0.8, 0, 0.9, -1)  # mode, beam size, temperature, top-k, top-p, seed
+SAMPLING = ("sampling", 4, 0.8, 5, 0.9, 7)
+
+
+class FakeChatbot(tf.Module):
+    """Same endpoint as a real chatbot export; echoes the message's words reversed."""
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name="text"),
+            tf.TensorSpec([], tf.int32, name="beam_size"),
+            tf.TensorSpec([], tf.float32, name="temperature"),
+            tf.TensorSpec([], tf.int32, name="top_k"),
+            tf.TensorSpec([], tf.float32, name="top_p"),
+            tf.TensorSpec([], tf.int32, name="seed"),
+        ]
+    )
+    def reply(self, text, beam_size, temperature, top_k, top_p, seed):
+        words = tf.strings.split(tf.strings.lower(text))[:, :FAKE_SOURCE_LENGTH]
+        tokens = tf.ragged.map_flat_values(
+            lambda w: tf.where(tf.strings.regex_full_match(w, "[a-z]+"), w, "[UNK]"), words
+        )
+        reply_words = tf.reverse(tokens, axis=[1])
+        shouted = tf.where(
+            temperature > 0, tf.strings.upper(reply_words.flat_values), reply_words.flat_values
+        )
+        reply_words = reply_words.with_flat_values(shouted)
+        count = tf.cast(tokens.row_lengths(), tf.int32)[:, None, None]
+        step = tf.range(FAKE_MAX_LENGTH)[None, :, None]
+        source = tf.range(FAKE_SOURCE_LENGTH)[None, None, :]
+        attention = tf.cast((source == count - 1 - step) & (step < count), tf.float32)
+        return {
+            "reply": tf.strings.reduce_join(reply_words, axis=1, separator=" "),
+            "score": -tf.cast(tokens.row_lengths(), tf.float32),
+            "attention": attention,
+            "reply_tokens": reply_words.to_tensor("", shape=[None, FAKE_MAX_LENGTH]),
+            "input_tokens": tokens.to_tensor("", shape=[None, FAKE_SOURCE_LENGTH]),
+            "length": tf.cast(tokens.row_lengths(), tf.int32) + 1,
+        }
+
+
+def write_fake_chatbot(run_dir: Path) -> Path:
+    """Saves the fake as `<run_dir>/export/chatbot/1/`, like the training script would."""
+    version_dir = run_dir / "export" / "chatbot" / "1"
+    module = FakeChatbot()
+    tf.saved_model.save(module, str(version_dir), signatures={"reply": module.reply})
+    return version_dir
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def serve(demo):
+    """Launches `demo` on a free local port; returns its URL."""
+    _, url, _ = serving.launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
+    return url
+
+
+def texts(history: list[dict]) -> list[tuple[str, str]]:
+    """`(role, text)` of each message, whichever content form the client returns."""
+    result = []
+    for message in history:
+        content = message["content"]
+        if isinstance(content, list):
+            content = " ".join(part["text"] for part in content if part.get("type") == "text")
+        result.append((message["role"], content))
+    return result
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "chatbot"
+    write_fake_chatbot(run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def client(run_dir):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        demo = app.build_app(run_dir)
+        try:
+            yield Client(serve(demo), verbose=False)
+        finally:
+            demo.close()
+
+
+def heatmap_size(path: str) -> tuple[int, int]:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+def test_reply_history_and_heatmap(client):
+    box, history, heatmap = client.predict("Hello there world", [], *GREEDY, api_name="/chat")
+
+    assert box == ""
+    assert texts(history) == [("user", "Hello there world"), ("assistant", "world there hello")]
+    width, height = heatmap_size(heatmap)
+    assert width > 100 and height > 100
+
+    _, history, longer_heatmap = client.predict(
+        "one two three four five six", history, *GREEDY, api_name="/chat"
+    )
+    assert texts(history)[2:] == [
+        ("user", "one two three four five six"),
+        ("assistant", "six five four three two one"),
+    ]
+    # Six input columns instead of three: padding columns were cut, so the picture widens.
+    assert heatmap_size(longer_heatmap)[0] > width
+
+
+def test_sampling_settings_reach_the_model(client):
+    _, history, _ = client.predict("good morning", [], *SAMPLING, api_name="/chat")
+    assert texts(history)[-1] == ("assistant", "MORNING GOOD")
+
+
+def test_empty_message_changes_nothing(client):
+    # Gradio 6's wire format: content is a list of parts, even for plain text.
+    said = [{"type": "text", "text": "hi"}]
+    history = [{"role": "user", "content": said}, {"role": "assistant", "content": said}]
+    box, returned, _ = client.predict("   \n ", history, *GREEDY, api_name="/chat")
+    assert box == ""
+    assert texts(returned) == [("user", "hi"), ("assistant", "hi")]
+
+
+def test_out_of_range_setting_is_a_clear_error(client):
+    with pytest.raises(AppError, match="0.0 is less than minimum value 0.1"):
+        client.predict("hello", [], "sampling", 4, 0.0, 0, 0.9, 1, api_name="/chat")
+
+
+def test_run_reply_cuts_padding_and_keeps_attention(run_dir):
+    model = serving.load_export(serving.find_export(run_dir, "chatbot")).model
+    reply = app.run_reply(model, "where is 42 cats", app.Decoding(beam_size=3))
+
+    assert reply.text == "cats [UNK] is where"
+    assert reply.input_tokens == ["where", "is", "[UNK]", "cats"]
+    assert reply.reply_tokens == ["cats", "[UNK]", "is", "where"]
+    assert reply.score == pytest.approx(-4.0)
+    np.testing.assert_array_equal(reply.attention, np.eye(4)[::-1])
+
+
+def test_decoding_for_each_mode():
+    assert app.decoding_for("greedy", 5, 0.7, 3, 0.5, 1) == app.Decoding()
+    assert app.decoding_for("beam search", 5, 0.7, 3, 0.5, 1) == app.Decoding(beam_size=5)
+    assert app.decoding_for("sampling", 5, 0.7, 3, 0.5, 1) == app.Decoding(1, 0.7, 3, 0.5, 1)
+    assert 0 <= app.decoding_for("sampling", 5, 0.7, 3, 0.5, -1).seed < 2**31
+    with pytest.raises(ValueError, match="Unknown decoding mode 'loud'"):
+        app.decoding_for("loud", 1, 0.0, 0, 1.0, 0)
+    with pytest.raises(ValueError, match="top-p"):
+        app.decoding_for("sampling", 1, 0.5, 0, 1.5, 0)
+
+
+def test_no_export_page_says_how_to_train(tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "chatbot"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        demo = app.build_app(run_dir)
+        try:
+            no_model_client = Client(serve(demo), verbose=False)
+            page_config = no_model_client.config
+            with pytest.raises(AppError, match="python -m training.train_chatbot"):
+                no_model_client.predict("hello", [], *GREEDY, api_name="/chat")
+        finally:
+            demo.close()
+    notices = [
+        c["props"].get("value", "")
+        for c in page_config["components"]
+        if c.get("props", {}).get("elem_id") == "problem"
+    ]
+    assert len(notices) == 1
+    assert "No trained chatbot model was found" in notices[0]
+    assert f"python -m training.train_chatbot --run-dir {run_dir}" in notices[0]
+    assert "No trained chatbot model was found" in capsys.readouterr().out
