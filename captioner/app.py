@@ -36,6 +36,7 @@ SEARCH_CHOICES = [("greedy", 1), ("beam search, 3 beams", 3), ("beam search, 5 b
 DEFAULT_BEAM_SIZE = 3
 TF_DECODABLE_FORMATS = frozenset({"PNG", "JPEG", "GIF", "BMP", "WEBP"})  # tf.io.decode_image
 EXIF_ORIENTATION = 0x0112  # a camera's "turn me upright" tag, which TensorFlow ignores
+UPLOAD_HINT = "upload a PNG or JPEG picture."
 MAX_PIXELS = 25_000_000  # a small file can still unpack into a huge picture
 DISPLAY_SIDE = 320  # longest side, in pixels, of the attention panels
 NUM_EXAMPLES = 4
@@ -64,21 +65,24 @@ class Caption:
 def read_upload(path: str | Path, name: str) -> Upload:
     """Reads an uploaded file; ValueError naming `name` when it is not a readable picture."""
     data = Path(path).read_bytes()
+    unreadable = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
     try:
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
-            if image.width * image.height > MAX_PIXELS:
-                raise ValueError(
-                    f"it has {image.width}x{image.height} pixels, more than the "
-                    f"{MAX_PIXELS // 1_000_000} million this demo accepts"
-                )
+        image = Image.open(io.BytesIO(data))  # reads the header only
+    except unreadable as error:
+        raise ValueError(f"{name} is not a picture that can be read; {UPLOAD_HINT}") from error
+    with image:
+        if image.width * image.height > MAX_PIXELS:
+            raise ValueError(
+                f"{name} has {image.width}x{image.height} pixels, more than the "
+                f"{MAX_PIXELS // 1_000_000} million this demo accepts; upload a smaller picture."
+            )
+        try:
             image.load()
             file_format = image.format
             rotated = image.getexif().get(EXIF_ORIENTATION, 1) != 1
             rgba = ImageOps.exif_transpose(image).convert("RGBA")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(
-            f"{name} is not a picture that can be read ({error}); upload a PNG or JPEG image."
-        ) from error
+        except unreadable as error:
+            raise ValueError(f"{name} is damaged or incomplete ({error}); {UPLOAD_HINT}") from error
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     picture = Image.alpha_composite(white, rgba).convert("RGB")
     if file_format not in TF_DECODABLE_FORMATS or rotated:

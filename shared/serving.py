@@ -101,10 +101,12 @@ def launch(demo, host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT, **op
 def serve_forever(demo, host: str, port: int, share: bool = False) -> None:
     """Launches `demo` for a command-line user: prints its address, then serves until Ctrl+C."""
     try:
-        _, local_url, share_url = launch(demo, host, port, share=share, prevent_thread_lock=True)
+        _, local_url, share_url = launch(
+            demo, host, port, share=share, prevent_thread_lock=True, quiet=True
+        )
     except OSError as error:
         raise SystemExit(
-            f"error: cannot listen on {host}:{port} ({error}); pass --port with a free port."
+            f"error: cannot listen on {host}:{port} (in use?); pass --port with a free port."
         ) from error
     print(f"Demo running at {share_url or local_url} (press Ctrl+C to stop)", flush=True)
     demo.block_thread()

@@ -131,15 +131,14 @@ def evaluate(model, config: ChatbotConfig, run_dir: Path, train_pairs, test_pair
 def write_samples(outputs, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for i, output in enumerate(outputs):
-        rows, columns = len(output["reply_tokens"]), len(output["input_tokens"])
-        if rows and columns:
-            weights = np.asarray(output["attention"])[:rows, :columns]
-            attention_heatmap(
-                weights,
-                output["reply_tokens"],
-                output["input_tokens"],
-                path=directory / f"reply_{i}.png",
-            )
+        reply_tokens = output["reply_tokens"] or ["(empty reply)"]
+        input_tokens = output["input_tokens"] or ["(empty prompt)"]
+        weights = np.zeros((len(reply_tokens), len(input_tokens)), np.float32)
+        attention = np.asarray(output["attention"])[
+            : len(output["reply_tokens"]), : len(output["input_tokens"])
+        ]
+        weights[: attention.shape[0], : attention.shape[1]] = attention
+        attention_heatmap(weights, reply_tokens, input_tokens, path=directory / f"reply_{i}.png")
 
 
 def main(argv=None) -> None:

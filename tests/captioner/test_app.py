@@ -224,8 +224,16 @@ def test_read_upload_names_the_file_when_it_is_not_a_picture(tmp_path):
         app.read_upload(path, "notes.png")
 
 
+def test_read_upload_names_a_truncated_file(tmp_path):
+    whole = bright_square_picture(tmp_path / "whole.png").read_bytes()
+    path = tmp_path / "cut.png"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match="cut.png is damaged or incomplete"):
+        app.read_upload(path, "cut.png")
+
+
 def test_read_upload_refuses_pictures_too_large_to_unpack(tmp_path):
     path = tmp_path / "huge.png"
     Image.new("L", (6000, 5000)).save(path)  # a small file: 30 million identical pixels
-    with pytest.raises(ValueError, match="huge.png is not a picture that can be read .*6000x5000"):
+    with pytest.raises(ValueError, match="huge.png has 6000x5000 pixels, more than the 25 million"):
         app.read_upload(path, "huge.png")

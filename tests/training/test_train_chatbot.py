@@ -1,0 +1,488 @@
+"""End-to-end tests of training/train_chatbot.py: one tiny run, looked at from the outside.
+
+A tiny sequence-to-sequence model is trained once on the synthetic reverse task. The tests then
+check what its run directory holds, that the exported SavedModel replies to anything (empty,
+huge, emoji, Arabic) in a Python process that imports no project code and agrees with the Keras
+model, how the command line answers mistakes, and that a killed training resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.training.helpers import (
+    REPO_ROOT,
+    copy_run,
+    error_lines,
+    event_files,
+    export_versions,
+    help_text,
+    history_column,
+    history_epochs,
+    mentions_flag,
+    run_cli,
+    run_fresh_python,
+    run_module,
+    saved_model_cli_show,
+    subprocess_env,
+)
+from training.chatbot_config import ChatbotConfig
+from training.common import UserError
+from training.evaluate_chatbot import UNSEEN_PROMPTS
+from training.train_chatbot import EXPORT_NAME, main, train
+
+pytestmark = pytest.mark.slow
+
+TINY_SETTINGS = {
+    "data": "reverse:num=200,max_len=6",
+    "holdout": 0.1,
+    "epochs": 1,
+    "units": 16,
+    "encoder_units": 8,
+    "embedding_dim": 8,
+    "samples": 2,
+}
+BLEU_NAMES = ("bleu1", "bleu2", "bleu3", "bleu4", "exact_match", "distinct_replies")
+PROMPTS = ["c f a h", "b b", "t s r q p", "a"]  # sentences of the reverse task's words a..t
+ODD_INPUTS = {
+    "empty": "",
+    "spaces": "   ",
+    "ten_thousand_characters": "a b c d " * 1250,  # known words, cut to max_source_length
+    "emoji": "😀🙈 👍🏽 🇫🇷",
+    "arabic": "مرحبا، كيف حالك اليوم؟",
+    "unknown_words_only": "xylophone quartz zephyr",
+}
+SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 7}
+
+
+def command_line(config: ChatbotConfig) -> list[str]:
+    """The flags that make `main` build `config`."""
+    return [
+        f"--{field.name.replace('_', '-')}={getattr(config, field.name)}"
+        for field in dataclasses.fields(config)
+    ]
+
+
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    config: ChatbotConfig
+    metrics: dict
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> TrainedRun:
+    """One tiny chatbot, trained, evaluated and exported in this process."""
+    run_dir = tmp_path_factory.mktemp("chatbot") / "run"
+    config = ChatbotConfig(run_dir=str(run_dir), **TINY_SETTINGS)
+    metrics = train(config)
+    return TrainedRun(run_dir, config, metrics)
+
+
+def version_dir(run: TrainedRun, version: int = 1) -> Path:
+    return run.run_dir / "export" / EXPORT_NAME / str(version)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run directory
+
+
+def test_run_writes_config_vocabularies_model_history_and_logs(trained):
+    run_dir = trained.run_dir
+    saved_config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    assert saved_config == dataclasses.asdict(trained.config)
+    for side in ("source", "target"):
+        vocabulary = json.loads((run_dir / f"{side}_vocabulary.json").read_text("utf-8"))
+        assert vocabulary, side
+    assert (run_dir / "model.keras").stat().st_size > 0
+    assert history_epochs(run_dir) == [0]
+    assert event_files(run_dir, "train"), "no TensorBoard event file in logs/train"
+    assert event_files(run_dir, "validation"), "no TensorBoard event file in logs/validation"
+    assert not (run_dir / "backup").exists(), "a finished run keeps no resumption state"
+
+
+def test_run_writes_attention_samples(trained):
+    pictures = sorted((trained.run_dir / "samples").glob("*.png"))
+    assert len(pictures) == trained.config.samples, "one heatmap per sample, even empty replies"
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in pictures)
+
+
+def test_metrics_json_holds_corpus_held_out_and_unseen_measures(trained):
+    metrics = json.loads((trained.run_dir / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics == trained.metrics
+    corpus = metrics["corpus"]
+    assert 0 <= corpus["corpus_recall"] <= 1
+    assert corpus["answered_with_reference"] <= corpus["prompts"]
+    held_out = metrics["held_out"]
+    assert held_out["prompts"] > 0
+    for search in ("greedy", f"beam{trained.config.beam_size}"):
+        for name in BLEU_NAMES:
+            assert isinstance(held_out[search][name], (int, float)), (search, name)
+        assert 0 <= held_out[search]["bleu4"] <= 100
+    assert held_out["perplexity"] > 1
+    assert set(metrics["unseen"]["replies"]) == set(UNSEEN_PROMPTS)
+
+
+def test_export_is_a_complete_numbered_savedmodel(trained):
+    assert export_versions(trained.run_dir, EXPORT_NAME) == [1]
+    metadata = json.loads((version_dir(trained) / "glimpse.json").read_text(encoding="utf-8"))
+    assert metadata["kind"] == "chatbot"
+    assert metadata["data"] == trained.config.data
+
+
+# ----------------------------------------------------------------------------------------------
+# The export, served by a Python process that knows only TensorFlow
+
+FRESH_CHATBOT = textwrap.dedent(
+    """
+    import json
+    import sys
+    from pathlib import Path
+
+    import tensorflow as tf
+
+    request = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
+    model = tf.saved_model.load(request["export"])
+
+
+    def reply(texts, beam_size=1, temperature=0.0, top_k=0, top_p=1.0, seed=0):
+        outputs = model.reply(
+            text=tf.constant(texts, tf.string),
+            beam_size=tf.constant(beam_size, tf.int32),
+            temperature=tf.constant(temperature, tf.float32),
+            top_k=tf.constant(top_k, tf.int32),
+            top_p=tf.constant(top_p, tf.float32),
+            seed=tf.constant(seed, tf.int32),
+        )
+        return {
+            "replies": [r.decode("utf-8") for r in outputs["reply"].numpy()],
+            "scores": outputs["score"].numpy().tolist(),
+        }
+
+
+    def outcome(call):
+        try:
+            return call()
+        except Exception as error:
+            return type(error).__name__
+
+
+    results = {
+        "signatures": sorted(model.signatures),
+        "greedy": reply(request["prompts"]),
+        "beam3": reply(request["prompts"], beam_size=3),
+        "sampled": reply(request["prompts"], **request["sampling"]),
+        "odd": {
+            name: outcome(lambda: reply([text])["replies"])
+            for name, text in request["odd"].items()
+        },
+        "odd_together": outcome(lambda: reply(list(request["odd"].values()))["replies"]),
+        "empty_batch": outcome(lambda: reply([])["replies"]),
+    }
+    results["project_modules"] = sorted(
+        name for name in sys.modules if name.split(".")[0] in request["project_packages"]
+    )
+    Path(sys.argv[2]).write_text(json.dumps(results), encoding="utf-8")
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def served(trained, tmp_path_factory) -> dict:
+    """What the fresh process found."""
+    request = {
+        "export": str(version_dir(trained)),
+        "prompts": PROMPTS,
+        "sampling": SAMPLING,
+        "odd": ODD_INPUTS,
+        "project_packages": ["captioner", "chatbot", "shared", "training"],
+    }
+    return run_fresh_python(FRESH_CHATBOT, request, tmp_path_factory.mktemp("fresh"))
+
+
+def test_export_loads_without_project_code(served):
+    assert served["project_modules"] == []
+    assert "reply" in served["signatures"]
+    assert "serving_default" in served["signatures"]
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam3", "sampled"])
+def test_export_replies_to_every_prompt(served, search):
+    replies = served[search]["replies"]
+    assert len(replies) == len(PROMPTS)
+    assert all(isinstance(reply, str) for reply in replies)
+
+
+def test_export_replies_as_the_keras_model_does(served, trained):
+    model = keras.saving.load_model(trained.run_dir / "model.keras", safe_mode=True)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.string),
+            tf.TensorSpec([], tf.int32),
+            tf.TensorSpec([], tf.float32),
+            tf.TensorSpec([], tf.int32),
+            tf.TensorSpec([], tf.float32),
+            tf.TensorSpec([], tf.int32),
+        ]
+    )
+    def reply(text, beam_size, temperature, top_k, top_p, seed):
+        return model.reply_texts(
+            text, beam_size=beam_size, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+        )
+
+    searches = {
+        "greedy": (1, 0.0, 0, 1.0, 0),
+        "beam3": (3, 0.0, 0, 1.0, 0),
+        "sampled": (1, *SAMPLING.values()),
+    }
+    for search, settings in searches.items():
+        expected = reply(tf.constant(PROMPTS), *(tf.constant(value) for value in settings))
+        replies = [r.decode("utf-8") for r in expected["reply"].numpy()]
+        assert served[search]["replies"] == replies, search
+        np.testing.assert_allclose(
+            served[search]["scores"], expected["score"], rtol=1e-5, atol=1e-4
+        )
+    # Sampling from an untrained model writes words: the comparison above compared some text.
+    assert any(served["sampled"]["replies"])
+
+
+@pytest.mark.parametrize("name", list(ODD_INPUTS))
+def test_export_replies_to_odd_input(served, name):
+    replies = served["odd"][name]
+    assert isinstance(replies, list), f"the endpoint raised {replies}"
+    assert len(replies) == 1 and isinstance(replies[0], str)
+
+
+def test_export_replies_to_odd_inputs_in_one_batch(served):
+    replies = served["odd_together"]
+    assert isinstance(replies, list), f"the endpoint raised {replies}"
+    assert len(replies) == len(ODD_INPUTS)
+
+
+def test_export_answers_an_empty_batch_with_no_replies(served):
+    assert served["empty_batch"] == []
+
+
+def test_saved_model_cli_lists_the_reply_signature(trained):
+    listing = saved_model_cli_show(version_dir(trained))
+    assert "signature_def['reply']" in listing
+    assert "signature_def['serving_default']" in listing
+    for name in ("text", "beam_size", "temperature", "top_k", "top_p", "seed"):
+        assert f"inputs['{name}']" in listing, name
+
+
+# ----------------------------------------------------------------------------------------------
+# Run-directory safety
+
+
+def test_training_again_into_a_finished_run_is_refused(trained):
+    model_file = trained.run_dir / "model.keras"
+    modified = model_file.stat().st_mtime_ns
+    code, stderr = run_cli(main, command_line(trained.config))
+    assert code == 2
+    [message] = error_lines(stderr)
+    assert "already holds a trained model" in message
+    assert "--overwrite" in message
+    assert model_file.stat().st_mtime_ns == modified
+    assert export_versions(trained.run_dir, EXPORT_NAME) == [1]
+
+
+def test_a_run_directory_with_other_settings_is_refused(trained, tmp_path):
+    run_dir = tmp_path / "run"
+    interrupted = dataclasses.replace(trained.config, run_dir=str(run_dir))
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(
+        json.dumps(dataclasses.asdict(interrupted)), encoding="utf-8"
+    )
+    before = (run_dir / "config.json").read_text(encoding="utf-8")
+    with pytest.raises(UserError, match="other settings"):
+        train(dataclasses.replace(interrupted, units=trained.config.units * 2))
+    assert (run_dir / "config.json").read_text(encoding="utf-8") == before
+
+
+def test_overwrite_trains_again_and_adds_export_version_2(trained, tmp_path):
+    run_dir = copy_run(trained.run_dir, tmp_path / "run")
+    config = dataclasses.replace(trained.config, run_dir=str(run_dir))
+    old_model = (run_dir / "model.keras").stat().st_mtime_ns
+    code, stderr = run_cli(main, [*command_line(config), "--overwrite", "--no-evaluate"])
+    assert code == 0, stderr
+    assert export_versions(run_dir, EXPORT_NAME) == [1, 2]
+    assert (run_dir / "model.keras").stat().st_mtime_ns != old_model, "model.keras not rewritten"
+    assert history_epochs(run_dir) == [0], "the old run's history is not continued"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: a run killed after fit but before export restarts training from epoch 0",
+)
+def test_restart_after_training_finished_but_before_export_does_not_train_from_scratch(
+    trained, tmp_path
+):
+    """A run killed during evaluation or export: fit has ended, backup/ is gone, no export."""
+    run_dir = copy_run(trained.run_dir, tmp_path / "run")
+    shutil.rmtree(run_dir / "export")
+    config = dataclasses.replace(trained.config, run_dir=str(run_dir))
+    code, stderr = run_cli(main, [*command_line(config), "--no-evaluate"])
+    assert code == 0, stderr
+    assert export_versions(run_dir, EXPORT_NAME) == [1]
+    assert history_epochs(run_dir) == [0], "training started again from epoch 0"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: a run dir with a failed data load is refused as 'other settings'",
+)
+def test_fixing_a_wrong_data_path_is_not_refused(tmp_path):
+    """The first attempt failed before training anything; the second names another file."""
+    run_dir = str(tmp_path / "run")
+    code, stderr = run_cli(main, ["--run-dir", run_dir, "--data", f"tsv:{tmp_path / 'typo.tsv'}"])
+    assert code == 2
+    assert "typo.tsv" in error_lines(stderr)[0]
+    code, stderr = run_cli(main, ["--run-dir", run_dir, "--data", f"tsv:{tmp_path / 'new.tsv'}"])
+    assert code == 2
+    [message] = error_lines(stderr)
+    assert "new.tsv" in message, "refused instead of reading the corrected data path"
+
+
+@pytest.mark.xfail(
+    strict=True, reason="known bug: run_dir is compared as a string inside config.json"
+)
+def test_the_same_run_directory_spelled_differently_is_the_same_run(tmp_path):
+    missing = f"tsv:{tmp_path / 'missing.tsv'}"
+    code, stderr = run_cli(main, ["--run-dir", str(tmp_path / "run"), "--data", missing])
+    assert code == 2
+    code, stderr = run_cli(main, ["--run-dir", f"{tmp_path / 'run'}/", "--data", missing])
+    assert code == 2
+    [message] = error_lines(stderr)
+    assert "other settings" not in message, message
+    assert "missing.tsv" in message
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line
+
+
+def test_help_lists_every_setting():
+    text = help_text(main)
+    for field in dataclasses.fields(ChatbotConfig):
+        flag = "--" + field.name.replace("_", "-")
+        assert mentions_flag(text, flag), f"--help does not mention {flag}"
+    assert mentions_flag(text, "--overwrite")
+    assert mentions_flag(text, "--no-evaluate")
+
+
+def write_tsv_with_a_malformed_line(path: Path) -> Path:
+    path.write_text("hello\thi there\nthis line has no tab\nbye\tsee you\n", encoding="utf-8")
+    return path
+
+
+def test_malformed_tsv_exits_2_naming_file_and_line(tmp_path):
+    tsv = write_tsv_with_a_malformed_line(tmp_path / "pairs.tsv")
+    process = run_module(
+        "training.train_chatbot", ["--data", f"tsv:{tsv}", "--run-dir", str(tmp_path / "run")]
+    )
+    assert process.returncode == 2, process.stderr[-2000:]
+    assert "Traceback" not in process.stderr
+    [message] = error_lines(process.stderr)
+    assert process.stderr.strip().splitlines()[-1] == message, "the message is one line"
+    assert f"{tsv}:2" in message
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: the data error suggests on_error='skip', which the command line does not offer",
+)
+def test_data_error_advice_is_something_the_command_line_offers(tmp_path):
+    tsv = write_tsv_with_a_malformed_line(tmp_path / "pairs.tsv")
+    code, stderr = run_cli(main, ["--data", f"tsv:{tsv}", "--run-dir", str(tmp_path / "run")])
+    assert code == 2
+    [message] = error_lines(stderr)
+    # The message may only suggest remedies a command-line user can apply.
+    assert "on_error=" not in message, message
+
+
+# ----------------------------------------------------------------------------------------------
+# Resumption of a killed run
+
+RESUMABLE_EPOCHS = 8
+RESUMABLE_RUN = [
+    "--data=reverse:num=600,max_len=6",
+    f"--epochs={RESUMABLE_EPOCHS}",
+    "--batch-size=32",
+    "--units=16",
+    "--encoder-units=8",
+    "--embedding-dim=8",
+    "--patience=100",
+    "--no-evaluate",
+]
+
+
+def completed_epochs(backup_dir: Path) -> int:
+    """Epochs recorded by Keras' BackupAndRestore (0 while there is no complete record)."""
+    try:
+        metadata = json.loads((backup_dir / "training_metadata.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return int(metadata["epoch"])
+
+
+def logged_epochs(run_dir: Path) -> int:
+    """Rows in history.csv so far (0 while it does not exist or holds no complete row)."""
+    try:
+        return len(history_epochs(run_dir))
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_killed_training_resumes_where_it_stopped(tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "training.train_chatbot", f"--run-dir={run_dir}"]
+    command += RESUMABLE_RUN
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while completed_epochs(run_dir / "backup") < 1 or logged_epochs(run_dir) < 1:
+            assert first.poll() is None, "the first run ended before it could be killed"
+            assert time.monotonic() < deadline, "no epoch completed within two minutes"
+            time.sleep(0.05)
+    finally:
+        first.kill()
+        first.wait()
+        log.close()
+    before = history_epochs(run_dir)
+    first_loss = float(history_column(run_dir, "loss")[0])
+    resume_from = completed_epochs(run_dir / "backup")
+    assert before == list(range(len(before))) and before
+    assert resume_from < RESUMABLE_EPOCHS, "the run finished before it was killed"
+    assert not export_versions(run_dir, EXPORT_NAME)
+
+    second = subprocess.run(
+        command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=240
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    after = history_epochs(run_dir)
+    assert after[: len(before)] == before, "the interrupted run's history was lost"
+    assert after[len(before) :] == list(range(resume_from, RESUMABLE_EPOCHS))
+    assert after.count(0) == 1, "training started again from epoch 0"
+    resumed_loss = float(history_column(run_dir, "loss")[len(before)])
+    assert resumed_loss < first_loss, "the resumed epoch did not start from the saved weights"
+    header_lines = (run_dir / "history.csv").read_text().count("epoch,")
+    assert header_lines == 1
+    assert export_versions(run_dir, EXPORT_NAME) == [1]
