@@ -278,10 +278,6 @@ def test_corrupt_image_raises_invalid_argument_and_serving_goes_on(served, name)
     strict=True,
     reason="known bug: tf.map_fn over an empty image batch raises instead of returning empty outputs",
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a convolution over an empty image batch fails in TensorFlow; the endpoint needs an empty-batch branch",
-)
 def test_export_answers_an_empty_batch_with_no_captions(served, trained):
     height, width = served["grid_shape"]
     assert served["empty_batch"] == [0, trained.config.max_length, height * width]
@@ -392,10 +388,6 @@ def test_malformed_flickr8k_line_exits_2_naming_file_and_line(tmp_path):
 @pytest.mark.xfail(
     strict=True,
     reason="known bug: the data error suggests skip_malformed=True, a Python argument the command line does not offer",
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the data error suggests skip_malformed=True, which the command line does not offer",
 )
 def test_data_error_advice_is_something_the_command_line_offers(tmp_path):
     token_file = tmp_path / "Flickr8k.token.txt"

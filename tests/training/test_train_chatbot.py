@@ -329,10 +329,6 @@ def test_overwrite_trains_again_and_adds_export_version_2(trained, tmp_path):
     strict=True,
     reason="known bug: a run killed after fit but before export restarts training from epoch 0",
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a run killed after fit but before export restarts training from epoch 0",
-)
 def test_restart_after_training_finished_but_before_export_does_not_train_from_scratch(
     trained, tmp_path
 ):
@@ -350,10 +346,6 @@ def test_restart_after_training_finished_but_before_export_does_not_train_from_s
     strict=True,
     reason="known bug: a run dir with a failed data load is refused as 'other settings'",
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: config.json is written before the data loads, so a fixed --data is refused",
-)
 def test_fixing_a_wrong_data_path_is_not_refused(tmp_path):
     """The first attempt failed before training anything; the second names another file."""
     run_dir = str(tmp_path / "run")
@@ -366,9 +358,6 @@ def test_fixing_a_wrong_data_path_is_not_refused(tmp_path):
     assert "new.tsv" in message, "refused instead of reading the corrected data path"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="known bug: run_dir is compared as a string inside config.json"
-)
 @pytest.mark.xfail(
     strict=True, reason="known bug: run_dir is compared as a string inside config.json"
 )
@@ -413,10 +402,6 @@ def test_malformed_tsv_exits_2_naming_file_and_line(tmp_path):
     assert f"{tsv}:2" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the data error suggests on_error='skip', which the command line does not offer",
-)
 @pytest.mark.xfail(
     strict=True,
     reason="known bug: the data error suggests on_error='skip', which the command line does not offer",
