@@ -323,7 +323,7 @@ def _keep_existing_images(
         )
         raise ValueError(
             f"{source} names {len(missing)} image(s) missing from {image_dir} ({shown}{more}); "
-            "add them or pass skip_missing=True."
+            "add them, or skip those entries with --on-error skip."
         )
     if missing:
         logger.warning(
@@ -435,7 +435,7 @@ def load_flickr8k(
             if not skip_malformed:
                 raise ValueError(
                     f"{path}:{line_number}: expected 'file.jpg#N<TAB>caption', got "
-                    f"{line[:80]!r}; fix the line or pass skip_malformed=True."
+                    f"{line[:80]!r}; fix the line, or skip malformed lines with --on-error skip."
                 )
             malformed += 1
             continue

@@ -157,7 +157,13 @@ class Captioner(keras.Model):
                 image_bytes,
                 fn_output_signature=tf.TensorSpec([self.image_size, self.image_size, 3], tf.uint8),
             )
+            # TF's convolutions reject an empty batch: caption one blank image instead, and
+            # return none of it, so an empty request gets empty outputs rather than an error.
+            count = tf.shape(images)[0]
+            blank = tf.zeros([1, self.image_size, self.image_size, 3], tf.uint8)
+            images = tf.cond(count > 0, lambda: images, lambda: blank)
             outputs = self.caption_images(images, beam_size=beam_size)
+            outputs = {name: value[:count] for name, value in outputs.items()}
             outputs["grid_shape"] = tf.constant(self.grid_shape, tf.int32)
             return outputs
 

@@ -75,7 +75,7 @@ class _Problems:
         """Raise `DataError` or log a warning for `problem` found at `location` ("file:line")."""
         if self.on_error == "raise":
             raise DataError(
-                f"{location}: {problem}; fix it or pass on_error='skip' to skip malformed entries."
+                f"{location}: {problem}; fix it, or skip malformed entries with --on-error skip."
             )
         logger.warning("%s: %s; skipping it.", location, problem)
         self.skipped += 1

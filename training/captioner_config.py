@@ -21,6 +21,9 @@ class CaptionerConfig:
         "shapes (built in) | coco:ANNOTATIONS.json:IMAGE_DIR | flickr8k:TOKEN_FILE:IMAGE_DIR "
         "| tfds:coco_captions",
     )
+    on_error: str = setting(
+        "raise", "malformed annotation lines, missing image files: raise | skip", ("raise", "skip")
+    )
     data_dir: str = setting("data", "where generated data and TFDS datasets are kept")
     num_train: int = setting(6000, "shapes scenes for training")
     num_val: int = setting(300, "shapes scenes for validation")

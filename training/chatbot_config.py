@@ -20,6 +20,12 @@ class ChatbotConfig:
         "chatterbot[:LANGUAGE[:TOPICS]] | cornell:DIR | tsv:PATH | copy | reverse | sort"
         "[:num=N,min_len=N,max_len=N,vocab_size=N]",
     )
+    on_error: str = setting(
+        "default",
+        "malformed data lines: raise | skip | default (skip for the shipped ChatterBot corpus, "
+        "raise for your own files)",
+        ("default", "raise", "skip"),
+    )
     context_turns: int = setting(1, "turns of a conversation that form the prompt")
     holdout: float = setting(
         0.0,

@@ -6,6 +6,7 @@ A run directory holds everything about one trained model:
     vocabulary.json    the token list and tokenization mode
     model.keras        the best model so far (by validation loss)
     backup/            Keras BackupAndRestore state: a killed run resumes from here
+    trained.weights.h5 the final weights, written when fit has ended
     logs/              TensorBoard logs (train and validation)
     history.csv        one line of metrics per epoch
     metrics.json       the final evaluation
@@ -15,16 +16,24 @@ A run directory holds everything about one trained model:
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
+import math
 import os
+import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import keras
 
 from shared import config as config_io
 from shared.export import latest_version
+from shared.text import Vocabulary
+
+# Written when fit has ended: a run killed after it (during evaluation or export) skips fit.
+FINISHED_WEIGHTS = "trained.weights.h5"
 
 
 class UserError(Exception):
@@ -43,64 +52,178 @@ def run_main(main) -> None:
 
 
 def prepare_run_dir(run_dir: str | os.PathLike, config, export_name: str, overwrite: bool) -> Path:
-    """Creates or reopens a run directory for `config`.
+    """Checks that `run_dir` may take a run of `config`, and clears it for `--overwrite`.
 
-    - A new directory: created, and the config saved.
-    - An interrupted run of the same config (no export yet): reopened, so training resumes.
-    - A directory that already holds a trained model, or a different config: refused, unless
-      `overwrite`, because silently replacing a trained model loses work.
+    - A new or empty directory, or one whose earlier attempt stopped before training (no
+      config.json yet): accepted.
+    - An interrupted run of the same settings (no export yet): accepted, so training resumes.
+    - A directory that already holds a trained model, or a run with other settings: refused,
+      unless `overwrite`, because silently replacing a trained model loses work.
+
+    The directory itself is written only by `save_config`, once the data has loaded, so a run
+    that fails on a wrong `--data` path leaves nothing that would refuse the corrected command.
     """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        finished = latest_version(run_dir / "export" / export_name) is not None
-        same_config = config_path.is_file() and (
-            json.loads(config_path.read_text(encoding="utf-8")) == dataclasses.asdict(config)
+    if not config_path.is_file():
+        return run_dir
+    finished = latest_version(run_dir / "export" / export_name) is not None
+    same_config = _comparable(json.loads(config_path.read_text(encoding="utf-8"))) == _comparable(
+        dataclasses.asdict(config)
+    )
+    if overwrite:
+        for stale in STALE_ON_OVERWRITE:
+            path = run_dir / stale
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    elif finished:
+        raise UserError(
+            f"{run_dir} already holds a trained model; choose another --run-dir, or pass "
+            "--overwrite to train again and add a new export version."
         )
-        if not overwrite:
-            if finished:
-                raise UserError(
-                    f"{run_dir} already holds a trained model; choose another --run-dir, or pass "
-                    "--overwrite to train again and add a new export version."
-                )
-            if not same_config:
-                raise UserError(
-                    f"{run_dir} holds a run with other settings; choose another --run-dir, or "
-                    "pass --overwrite to start over there."
-                )
-        else:
-            for stale in ("backup", "model.keras", "history.csv"):
-                path = run_dir / stale
-                if path.is_dir():
-                    import shutil
-
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_io.save(config, config_path)
+    elif not same_config:
+        raise UserError(
+            f"{run_dir} holds a run with other settings; choose another --run-dir, or "
+            "pass --overwrite to start over there."
+        )
     return run_dir
+
+
+# What `--overwrite` removes: everything of the old run except its exports (which gain a new
+# version) and config.json (rewritten by save_config).
+STALE_ON_OVERWRITE = (
+    "backup",
+    "model.keras",
+    FINISHED_WEIGHTS,
+    "history.csv",
+    "logs",
+    "metrics.json",
+    "samples",
+    "vocabulary.json",
+    "source_vocabulary.json",
+    "target_vocabulary.json",
+)
+
+
+def _comparable(settings: dict) -> dict:
+    """The settings that define a run: all but where it is written."""
+    return {key: value for key, value in settings.items() if key != "run_dir"}
+
+
+def save_config(run_dir: Path, config) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_io.save(config, run_dir / "config.json")
+
+
+def save_vocabulary(vocabulary: Vocabulary, path: Path) -> None:
+    """Saves the vocabulary, or checks it against the one an interrupted run saved.
+
+    Resuming with a vocabulary built from changed data would load weights of the wrong shape.
+    """
+    if path.is_file():
+        saved = Vocabulary.load(path)
+        if saved.tokens != vocabulary.tokens or saved.mode != vocabulary.mode:
+            raise UserError(
+                f"{path} was built from different data than this run reads now ({len(saved)} vs "
+                f"{len(vocabulary)} tokens); the data changed since the run started. Restore "
+                "it, choose another --run-dir, or pass --overwrite to start over."
+            )
+        return
+    vocabulary.save(path)
+
+
+def fit(
+    model: keras.Model,
+    run_dir: Path,
+    train_batches,
+    val_batches,
+    epochs: int,
+    patience: int,
+    monitor: str = "val_loss",
+) -> None:
+    """`model.fit` that resumes a killed run and leaves the best epoch's weights in `model`.
+
+    A run killed during fit resumes from `backup/`; one killed after fit (during evaluation or
+    export) finds `FINISHED_WEIGHTS` and goes straight on. `monitor` picks the best epoch:
+    `val_loss`, or `loss` for a run that trains on all its data on purpose.
+    """
+    finished = run_dir / FINISHED_WEIGHTS
+    if finished.is_file():
+        print(f"training finished earlier; loading {finished} and going on")
+        _load_weights_only(model, finished)
+        return
+    model.fit(
+        train_batches,
+        validation_data=val_batches,
+        epochs=epochs,
+        callbacks=training_callbacks(run_dir, patience, monitor),
+        verbose=2,
+    )
+    best = run_dir / "model.keras"
+    if best.is_file():
+        _load_weights_only(model, best)
+    partial = run_dir / f".partial-{FINISHED_WEIGHTS}"
+    model.save_weights(partial)
+    os.replace(partial, finished)
+
+
+def _load_weights_only(model: keras.Model, path: Path) -> None:
+    """Loads model weights; the saved optimizer state is not needed after training."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(path)
 
 
 def training_callbacks(
     run_dir: Path, patience: int, monitor: str = "val_loss"
 ) -> list[keras.callbacks.Callback]:
-    """Checkpoints, resumption, logs and early stopping, in the order Keras should run them.
+    """Resumption, best-model checkpoint, early stopping and logs, in the order Keras runs them.
 
-    `monitor` is the loss that picks the best model: `val_loss`, or `loss` for a run that
-    trains on all its data on purpose.
+    After a resumption, the best value so far comes from history.csv, so neither the
+    checkpoint nor early stopping forgets the epochs before the interruption.
     """
+    best_so_far = best_logged(run_dir / "history.csv", monitor)
     return [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-        keras.callbacks.ModelCheckpoint(
-            str(run_dir / "model.keras"), monitor=monitor, save_best_only=True
-        ),
-        keras.callbacks.EarlyStopping(
-            monitor=monitor, patience=patience, restore_best_weights=True
-        ),
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
+        BestModelCheckpoint(run_dir / "model.keras", monitor, best_so_far),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=patience, baseline=best_so_far),
         keras.callbacks.TensorBoard(str(run_dir / "logs")),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
     ]
+
+
+def best_logged(history_csv: Path, monitor: str) -> float | None:
+    """The lowest `monitor` value in a CSVLogger file, or None if there is none yet."""
+    if not history_csv.is_file():
+        return None
+    with history_csv.open(encoding="utf-8", newline="") as file:
+        values = [float(row[monitor]) for row in csv.DictReader(file) if row.get(monitor)]
+    return min(values) if values else None
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Saves the model whenever `monitor` (a loss) improves, atomically.
+
+    The file is written beside its target and renamed over it, so a kill during the write
+    leaves the previous best model in place, never half a file.
+    """
+
+    def __init__(self, path: Path, monitor: str, best: float | None = None):
+        super().__init__()
+        self.path = Path(path)
+        self.monitor = monitor
+        self.best = math.inf if best is None else best
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None or not current < self.best:
+            return
+        self.best = float(current)
+        partial = self.path.with_name(f".partial-{self.path.name}")
+        self.model.save(partial)
+        os.replace(partial, self.path)
 
 
 def write_json(path: Path, data) -> None:

@@ -25,7 +25,14 @@ from shared.export import write_savedmodel
 from shared.metrics import MaskedAccuracy, MaskedCrossEntropy
 from shared.text import Vocabulary
 from training.captioner_config import CaptionerConfig
-from training.common import UserError, prepare_run_dir, run_main, training_callbacks
+from training.common import (
+    UserError,
+    fit,
+    prepare_run_dir,
+    run_main,
+    save_config,
+    save_vocabulary,
+)
 
 EXPORT_NAME = "captioner"
 SPLITS = ("train", "validation", "test")
@@ -55,10 +62,15 @@ def load_split(config: CaptionerConfig, split: str) -> tf.data.Dataset:
         annotations, _, image_dir = rest.rpartition(":")
         if not annotations or not image_dir:
             raise UserError(f"--data {config.data!r}: expected {kind}:ANNOTATIONS:IMAGE_DIR.")
+        skip = config.on_error == "skip"
         if kind == "coco":
-            dataset = caption_data.load_coco_json(annotations, image_dir, config.image_size)
+            dataset = caption_data.load_coco_json(
+                annotations, image_dir, config.image_size, skip_missing=skip
+            )
         else:
-            dataset = caption_data.load_flickr8k(annotations, image_dir, config.image_size)
+            dataset = caption_data.load_flickr8k(
+                annotations, image_dir, config.image_size, skip_malformed=skip, skip_missing=skip
+            )
         return deterministic_split(dataset, split)
     raise UserError(
         f"--data {config.data!r}: expected shapes, coco:…, flickr8k:… or tfds:coco_captions."
@@ -165,7 +177,8 @@ def train(config: CaptionerConfig, overwrite: bool = False, evaluate: bool = Tru
     run_dir = prepare_run_dir(config.run_dir, config, EXPORT_NAME, overwrite)
     train_data = load_split(config, "train")
     vocabulary = build_vocabulary(config, train_data)
-    vocabulary.save(run_dir / "vocabulary.json")
+    save_config(run_dir, config)
+    save_vocabulary(vocabulary, run_dir / "vocabulary.json")
     print(f"vocabulary: {len(vocabulary)} tokens")
 
     model = build_model(config, vocabulary)
@@ -175,13 +188,7 @@ def train(config: CaptionerConfig, overwrite: bool = False, evaluate: bool = Tru
         load_split(config, "validation"), model, config.batch_size, False, seed
     )
     model(next(iter(val_batches))[0])  # build every weight before BackupAndRestore restores them
-    model.fit(
-        train_batches,
-        validation_data=val_batches,
-        epochs=config.epochs,
-        callbacks=training_callbacks(run_dir, config.patience),
-        verbose=2,
-    )
+    fit(model, run_dir, train_batches, val_batches, config.epochs, config.patience)
     metrics = {}
     if evaluate:
         metrics = evaluate_captioner.evaluate(model, config, run_dir)

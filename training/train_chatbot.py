@@ -27,7 +27,14 @@ from shared.export import write_savedmodel
 from shared.metrics import MaskedAccuracy, MaskedCrossEntropy
 from shared.text import Vocabulary
 from training.chatbot_config import ChatbotConfig
-from training.common import UserError, prepare_run_dir, run_main, training_callbacks
+from training.common import (
+    UserError,
+    fit,
+    prepare_run_dir,
+    run_main,
+    save_config,
+    save_vocabulary,
+)
 
 EXPORT_NAME = "chatbot"
 VALIDATION_FRACTION = 0.05
@@ -40,7 +47,12 @@ def load_splits(config: ChatbotConfig) -> tuple[list[Pair], list[Pair], list[Pai
     the training pairs (they track fit, not generalisation) and there is no test split.
     """
     pairs = unique_pairs(
-        load_pairs(config.data, context_turns=config.context_turns, seed=config.seed)
+        load_pairs(
+            config.data,
+            context_turns=config.context_turns,
+            on_error=None if config.on_error == "default" else config.on_error,
+            seed=config.seed,
+        )
     )
     if not pairs:
         raise UserError(f"--data {config.data!r} gave no prompt/reply pairs.")
@@ -149,8 +161,9 @@ def train(config: ChatbotConfig, overwrite: bool = False, evaluate: bool = True)
     target = Vocabulary.from_texts(
         (p.reply for p in train_pairs), config.mode, config.max_vocabulary, config.min_count
     )
-    source.save(run_dir / "source_vocabulary.json")
-    target.save(run_dir / "target_vocabulary.json")
+    save_config(run_dir, config)
+    save_vocabulary(source, run_dir / "source_vocabulary.json")
+    save_vocabulary(target, run_dir / "target_vocabulary.json")
     print(f"vocabulary: {len(source)} source, {len(target)} target tokens")
 
     model = build_model(config, source, target)
@@ -160,13 +173,7 @@ def train(config: ChatbotConfig, overwrite: bool = False, evaluate: bool = True)
     )
     model(next(iter(val_batches))[0])  # build every weight before BackupAndRestore restores them
     monitor = "val_loss" if config.holdout > 0 else "loss"
-    model.fit(
-        train_batches,
-        validation_data=val_batches,
-        epochs=config.epochs,
-        callbacks=training_callbacks(run_dir, config.patience, monitor=monitor),
-        verbose=2,
-    )
+    fit(model, run_dir, train_batches, val_batches, config.epochs, config.patience, monitor)
     metrics = {}
     if evaluate:
         metrics = evaluate_chatbot.evaluate(model, config, run_dir, train_pairs, test_pairs)

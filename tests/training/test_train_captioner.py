@@ -274,10 +274,6 @@ def test_corrupt_image_raises_invalid_argument_and_serving_goes_on(served, name)
     assert isinstance(after, list) and len(after) == 1, after
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: tf.map_fn over an empty image batch raises instead of returning empty outputs",
-)
 def test_export_answers_an_empty_batch_with_no_captions(served, trained):
     height, width = served["grid_shape"]
     assert served["empty_batch"] == [0, trained.config.max_length, height * width]
@@ -385,10 +381,6 @@ def test_malformed_flickr8k_line_exits_2_naming_file_and_line(tmp_path):
     assert f"{token_file}:2" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the data error suggests skip_malformed=True, a Python argument the command line does not offer",
-)
 def test_data_error_advice_is_something_the_command_line_offers(tmp_path):
     token_file = tmp_path / "Flickr8k.token.txt"
     token_file.write_text("this line has no tab\n", encoding="utf-8")
@@ -399,3 +391,4 @@ def test_data_error_advice_is_something_the_command_line_offers(tmp_path):
     [message] = error_lines(stderr)
     # The message may only suggest remedies a command-line user can apply.
     assert "skip_malformed=True" not in message, message
+    assert "--on-error skip" in message, message

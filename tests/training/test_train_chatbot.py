@@ -325,10 +325,6 @@ def test_overwrite_trains_again_and_adds_export_version_2(trained, tmp_path):
     assert history_epochs(run_dir) == [0], "the old run's history is not continued"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a run killed after fit but before export restarts training from epoch 0",
-)
 def test_restart_after_training_finished_but_before_export_does_not_train_from_scratch(
     trained, tmp_path
 ):
@@ -342,10 +338,6 @@ def test_restart_after_training_finished_but_before_export_does_not_train_from_s
     assert history_epochs(run_dir) == [0], "training started again from epoch 0"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a run dir with a failed data load is refused as 'other settings'",
-)
 def test_fixing_a_wrong_data_path_is_not_refused(tmp_path):
     """The first attempt failed before training anything; the second names another file."""
     run_dir = str(tmp_path / "run")
@@ -358,9 +350,6 @@ def test_fixing_a_wrong_data_path_is_not_refused(tmp_path):
     assert "new.tsv" in message, "refused instead of reading the corrected data path"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="known bug: run_dir is compared as a string inside config.json"
-)
 def test_the_same_run_directory_spelled_differently_is_the_same_run(tmp_path):
     missing = f"tsv:{tmp_path / 'missing.tsv'}"
     code, stderr = run_cli(main, ["--run-dir", str(tmp_path / "run"), "--data", missing])
@@ -402,10 +391,6 @@ def test_malformed_tsv_exits_2_naming_file_and_line(tmp_path):
     assert f"{tsv}:2" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the data error suggests on_error='skip', which the command line does not offer",
-)
 def test_data_error_advice_is_something_the_command_line_offers(tmp_path):
     tsv = write_tsv_with_a_malformed_line(tmp_path / "pairs.tsv")
     code, stderr = run_cli(main, ["--data", f"tsv:{tsv}", "--run-dir", str(tmp_path / "run")])
@@ -413,6 +398,7 @@ def test_data_error_advice_is_something_the_command_line_offers(tmp_path):
     [message] = error_lines(stderr)
     # The message may only suggest remedies a command-line user can apply.
     assert "on_error=" not in message, message
+    assert "--on-error skip" in message, message
 
 
 # ----------------------------------------------------------------------------------------------
