@@ -81,17 +81,28 @@ class Captioner(keras.Model):
         self.decoder.build(tuple(input_shape["decoder_inputs"]), regions_shape)
         self.built = True
 
-    def encode(self, images, training=False):
-        """uint8 images `(batch, image_size, image_size, 3)` -> regions `(batch, h*w, feature_dim)`."""
+    @property
+    def cnn_is_frozen(self) -> bool:
+        """True when the CNN never changes in training, so its outputs can be cached."""
+        return self.encoder_name != "small_cnn" and not self.fine_tune
+
+    def feature_map(self, images, training=False):
+        """uint8 images `(batch, image_size, image_size, 3)` -> the CNN's `(batch, h, w, C)`."""
         pixels = self.pixel_scaling(images)
         # A frozen backbone stays in inference mode (its batch statistics don't move).
-        feature_map = self.cnn(
-            pixels, training=training and (self.fine_tune or self.encoder_name == "small_cnn")
-        )
-        return self.regions(feature_map)
+        return self.cnn(pixels, training=training and not self.cnn_is_frozen)
+
+    def encode(self, images, training=False):
+        """uint8 images `(batch, image_size, image_size, 3)` -> regions `(batch, h*w, feature_dim)`."""
+        return self.regions(self.feature_map(images, training=training))
 
     def call(self, inputs, training=False):
-        regions = self.encode(inputs["image"], training=training)
+        """`inputs`: `decoder_inputs` and either `image`, or `features`: the frozen CNN's
+        feature maps cached by `training.feature_cache`, which skips the CNN."""
+        if "features" in inputs:
+            regions = self.regions(inputs["features"])
+        else:
+            regions = self.encode(inputs["image"], training=training)
         decoder_inputs = inputs["decoder_inputs"]
         logits, weights = self.decoder(decoder_inputs, regions, training=training)
         if self.attention_regularization > 0:
@@ -114,6 +125,8 @@ class Captioner(keras.Model):
     ):
         """uint8 images -> dict of `caption` strings, `score`, `attention` `(batch, T, regions)`,
         `tokens` (the caption's words, padded with "") and `length`."""
+        if not self.built:  # build every layer before the search loop calls it
+            self.build({"decoder_inputs": (None, None)})
         regions = self.encode(images, training=False)
         memory_context = self.decoder.prepare_memory(regions)
         state = self.decoder.initial_state(memory_context)

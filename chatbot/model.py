@@ -160,6 +160,8 @@ class Seq2Seq(keras.Model):
         self, source_ids, beam_size=1, alpha=0.0, temperature=0.0, top_k=0, top_p=1.0, seed=0
     ):
         """Source ids `(batch, S)` -> `shared.search.SearchResult`."""
+        if not self.built:  # build every layer before the search loop calls it
+            self.build({"source": (None, None), "decoder_inputs": (None, None)})
         memory, mask = self.encoder(source_ids, training=False)
         memory_context = self.decoder.prepare_memory(memory, mask)
         state = self.decoder.initial_state(memory_context)

@@ -36,6 +36,9 @@ class CaptionerConfig:
     encoder: str = setting("small_cnn", "image encoder", choices=ENCODERS)
     weights: str = setting("none", "backbone weights: imagenet | none | PATH to a weights file")
     fine_tune: bool = setting(False, "train the backbone's weights too")
+    cache_features: bool = setting(
+        False, "frozen backbones: run the CNN once, cache its features in <run-dir>/features"
+    )
     feature_dim: int = setting(128, "size of each region feature")
     # === Decoder ===
     embedding_dim: int = setting(64, "word embedding size")
@@ -56,6 +59,18 @@ class CaptionerConfig:
     learning_rate: float = setting(3e-3, "Adam learning rate")
     patience: int = setting(3, "epochs without validation improvement before stopping")
     seed: int = setting(0, "seeds Python, NumPy and TensorFlow")
+    strategy: str = setting(
+        "default",
+        "tf.distribute strategy: default (one device) | mirrored (GPUs of this machine) | "
+        "multiworker (several machines, each with its TF_CONFIG) | tpu; --batch-size is split "
+        "across the replicas; see training/SCALING.md",
+        ("default", "mirrored", "multiworker", "tpu"),
+    )
+    devices: str = setting(
+        "",
+        "mirrored: a count (2; on a machine without GPUs, logical CPU devices) or a list "
+        "(GPU:0,GPU:2); multiworker: GPUs per worker; tpu: the TPU name (empty: all / local)",
+    )
     # === Evaluation ===
     beam_size: int = setting(3, "beam size for the beam-search evaluation")
     samples: int = setting(8, "attention pictures written to samples/")

@@ -27,10 +27,12 @@ import warnings
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
 from shared import config as config_io
 from shared.export import latest_version
 from shared.text import Vocabulary
+from training import distribute
 
 # Written when fit has ended: a run killed after it (during evaluation or export) skips fit.
 FINISHED_WEIGHTS = "trained.weights.h5"
@@ -99,6 +101,7 @@ STALE_ON_OVERWRITE = (
     FINISHED_WEIGHTS,
     "history.csv",
     "logs",
+    "features",
     "metrics.json",
     "samples",
     "vocabulary.json",
@@ -142,25 +145,36 @@ def fit(
     epochs: int,
     patience: int,
     monitor: str = "val_loss",
+    strategy: tf.distribute.Strategy | None = None,
 ) -> None:
     """`model.fit` that resumes a killed run and leaves the best epoch's weights in `model`.
 
     A run killed during fit resumes from `backup/`; one killed after fit (during evaluation or
     export) finds `FINISHED_WEIGHTS` and goes straight on. `monitor` picks the best epoch:
     `val_loss`, or `loss` for a run that trains on all its data on purpose.
+
+    `strategy` is the one the model was built under (see `training.distribute`). The mirrored
+    strategies train with `distribute.fit_custom_loop` (Keras' fit fails under them), and with
+    several workers every worker follows the chief's decision to skip fit.
     """
+    strategy = strategy or tf.distribute.get_strategy()
     finished = run_dir / FINISHED_WEIGHTS
-    if finished.is_file():
-        print(f"training finished earlier; loading {finished} and going on")
-        _load_weights_only(model, finished)
+    if distribute.chief_decides(strategy, finished.is_file()):
+        if finished.is_file():  # only the chief's run directory holds it
+            print(f"training finished earlier; loading {finished} and going on")
+            _load_weights_only(model, finished)
         return
-    model.fit(
-        train_batches,
-        validation_data=val_batches,
-        epochs=epochs,
-        callbacks=training_callbacks(run_dir, patience, monitor),
-        verbose=2,
-    )
+    callbacks = training_callbacks(run_dir, patience, monitor)
+    if distribute.needs_custom_loop(strategy):
+        distribute.fit_custom_loop(model, strategy, train_batches, val_batches, epochs, callbacks)
+    else:
+        model.fit(
+            train_batches,
+            validation_data=val_batches,
+            epochs=epochs,
+            callbacks=callbacks,
+            verbose=2,
+        )
     best = run_dir / "model.keras"
     if best.is_file():
         _load_weights_only(model, best)

@@ -33,6 +33,7 @@ from training.common import (
     save_config,
     save_vocabulary,
 )
+from training.feature_cache import cached_features
 
 EXPORT_NAME = "captioner"
 SPLITS = ("train", "validation", "test")
@@ -103,23 +104,27 @@ def build_vocabulary(config: CaptionerConfig, train: tf.data.Dataset) -> Vocabul
 def training_batches(
     dataset: tf.data.Dataset, model: Captioner, batch_size: int, shuffle: bool, seed: int
 ) -> tf.data.Dataset:
-    """Elements -> `({"image", "decoder_inputs"}, labels)` batches, one random caption per image.
+    """Elements -> `({"image" or "features", "decoder_inputs"}, labels)` batches, one random
+    caption per image.
 
     A new caption is drawn for every image in every epoch, so an epoch costs one pass over
     the images, and over the epochs the model sees every wording.
     """
-    dataset = dataset.cache()
+    # Cached backbone features (training.feature_cache) replace the images when present.
+    input_key = "features" if "features" in dataset.element_spec else "image"
+    if input_key == "image":
+        dataset = dataset.cache()
     if shuffle:
         dataset = dataset.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
 
     def one_caption(element):
         captions = element["captions"]
         pick = tf.random.uniform([], 0, tf.shape(captions)[0], dtype=tf.int32)
-        return element["image"], captions[pick] if shuffle else captions[0]
+        return element[input_key], captions[pick] if shuffle else captions[0]
 
-    def to_model_inputs(images, captions):
+    def to_model_inputs(inputs, captions):
         decoder_inputs, labels = model.text.encode_target(captions)
-        return {"image": images, "decoder_inputs": decoder_inputs}, labels
+        return {input_key: inputs, "decoder_inputs": decoder_inputs}, labels
 
     return (
         dataset.map(one_caption, num_parallel_calls=tf.data.AUTOTUNE)
@@ -182,11 +187,18 @@ def train(config: CaptionerConfig, overwrite: bool = False, evaluate: bool = Tru
     print(f"vocabulary: {len(vocabulary)} tokens")
 
     model = build_model(config, vocabulary)
+    val_data = load_split(config, "validation")
+    if config.cache_features:
+        if not model.cnn_is_frozen:
+            raise UserError(
+                "--cache-features needs a frozen keras.applications backbone (e.g. --encoder "
+                "mobilenet_v3_small --fine-tune false); the small_cnn trains with the decoder."
+            )
+        train_data = cached_features(train_data, model, run_dir / "features" / "train")
+        val_data = cached_features(val_data, model, run_dir / "features" / "validation")
     seed = zlib.crc32(str(config.seed).encode())
     train_batches = training_batches(train_data, model, config.batch_size, True, seed)
-    val_batches = training_batches(
-        load_split(config, "validation"), model, config.batch_size, False, seed
-    )
+    val_batches = training_batches(val_data, model, config.batch_size, False, seed)
     model(next(iter(val_batches))[0])  # build every weight before BackupAndRestore restores them
     fit(model, run_dir, train_batches, val_batches, config.epochs, config.patience)
     metrics = {}

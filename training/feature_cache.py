@@ -1,0 +1,72 @@
+"""Frozen-backbone features, computed once and cached on disk, so later epochs skip the CNN.
+
+With a frozen `keras.applications` backbone, the CNN's output for an image never changes during
+training; only the region projection and the decoder learn. Running a ResNet50 on every image in
+every epoch is then wasted work: `cached_features` runs it once per image, writes the feature
+maps with `tf.data`'s file cache, and later epochs (and a resumed run) read them back.
+
+    python -m training.train_captioner --encoder mobilenet_v3_small --weights imagenet \\
+        --image-size 224 --cache-features true
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tensorflow as tf
+
+
+def cached_features(
+    dataset: tf.data.Dataset, model, path: Path, batch_size: int = 64
+) -> tf.data.Dataset:
+    """Elements `{"image", "captions", ...}` -> `{"features", "captions"}`, cached at `path`.
+
+    `model` is a `captioner.model.Captioner` whose CNN is frozen. The cache is filled here, once,
+    before training starts (an existing complete cache is reused); a cache left unfinished by a
+    killed run is removed and computed again.
+    """
+    if not model.cnn_is_frozen:
+        raise ValueError("Only a frozen backbone's features can be cached.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_unfinished_cache(path)
+
+    encode = tf.function(lambda images: tf.cast(model.feature_map(images), tf.float32))
+    image_spec = dataset.element_spec["image"]
+    batches = dataset.map(lambda e: (e["image"], e["captions"])).padded_batch(
+        batch_size,
+        padded_shapes=(image_spec.shape, [None]),
+        padding_values=(tf.constant(0, image_spec.dtype), tf.constant("")),
+    )
+
+    def features_and_captions():
+        # A Python loop over batches (not tokens): the CNN runs as one graph call per batch, on
+        # whatever device TensorFlow picks, which a tf.data map function would not allow.
+        for images, captions in batches:
+            for features, image_captions in zip(encode(images).numpy(), captions.numpy()):
+                yield features, image_captions[image_captions != b""]
+
+    feature_shape = tuple(model.cnn.output_shape[1:])
+    cached = (
+        tf.data.Dataset.from_generator(
+            features_and_captions,
+            output_signature=(
+                tf.TensorSpec(feature_shape, tf.float32),
+                tf.TensorSpec([None], tf.string),
+            ),
+        )
+        .map(lambda features, captions: {"features": features, "captions": captions})
+        .cache(str(path))
+    )
+    if not Path(f"{path}.index").is_file():
+        print(f"caching frozen {model.encoder_name} features in {path} (once)")
+        for _ in cached:  # one pass fills the cache; training then only reads it
+            pass
+    return cached
+
+
+def _remove_unfinished_cache(path: Path) -> None:
+    """A run killed while caching leaves a lock file and partial shards: start them over."""
+    lock = Path(f"{path}.lockfile")
+    if lock.exists():
+        for partial in path.parent.glob(f"{path.name}*"):
+            partial.unlink()
