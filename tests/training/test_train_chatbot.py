@@ -443,10 +443,10 @@ def test_killed_training_resumes_where_it_stopped(tmp_path):
         command, cwd=REPO_ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT
     )
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a bound on a stuck run, not a speed test
         while completed_epochs(run_dir / "backup") < 1 or logged_epochs(run_dir) < 1:
             assert first.poll() is None, "the first run ended before it could be killed"
-            assert time.monotonic() < deadline, "no epoch completed within two minutes"
+            assert time.monotonic() < deadline, "no epoch completed within ten minutes"
             time.sleep(0.05)
     finally:
         first.kill()
