@@ -392,3 +392,23 @@ def test_data_error_advice_is_something_the_command_line_offers(tmp_path):
     # The message may only suggest remedies a command-line user can apply.
     assert "skip_malformed=True" not in message, message
     assert "--on-error skip" in message, message
+
+
+def test_demo_serves_the_trained_export(trained, served, images):
+    """The Gradio page over the real export answers exactly as the SavedModel does."""
+    from gradio_client import Client, handle_file
+
+    from captioner import app
+    from tests.captioner.test_app import serve
+
+    demo = app.build_app(trained.run_dir)
+    try:
+        client = Client(serve(demo), verbose=False)
+        for search, beam_size in (("greedy", 1), ("beam3", 3)):
+            caption, score, panels = client.predict(
+                handle_file(str(images["png"])), beam_size, api_name="/caption"
+            )
+            assert caption == served[search]["captions"][0], search
+            assert [panel["caption"] for panel in panels] == caption.split(), "a panel per word"
+    finally:
+        demo.close()
