@@ -472,3 +472,20 @@ def test_killed_training_resumes_where_it_stopped(tmp_path):
     header_lines = (run_dir / "history.csv").read_text().count("epoch,")
     assert header_lines == 1
     assert export_versions(run_dir, EXPORT_NAME) == [1]
+
+
+def test_demo_serves_the_trained_export(trained, served):
+    """The chat page over the real export answers exactly as the SavedModel does."""
+    from gradio_client import Client
+
+    from chatbot import app
+    from tests.chatbot.test_app import GREEDY, serve, texts
+
+    demo = app.build_app(trained.run_dir)
+    try:
+        client = Client(serve(demo), verbose=False)
+        for prompt, reply in zip(PROMPTS, served["greedy"]["replies"]):
+            _, history, _ = client.predict(prompt, [], *GREEDY, api_name="/chat")
+            assert texts(history) == [("user", prompt), ("assistant", reply or app.EMPTY_REPLY)]
+    finally:
+        demo.close()
