@@ -68,6 +68,11 @@ def read_upload(path: str | Path, name: str) -> Upload:
     unreadable = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError:
+        raise ValueError(
+            f"{name} has more than the {MAX_PIXELS // 1_000_000} million pixels this demo "
+            "accepts; upload a smaller picture."
+        ) from None
     except unreadable as error:
         raise ValueError(f"{name} is not a picture that can be read; {UPLOAD_HINT}") from error
     with image:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from captioner.shapes import Scene, ShapeObject, generate_scenes
 
@@ -75,8 +76,53 @@ def decode_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     WebP. Plain TensorFlow ops: the training pipelines and the exported SavedModel both call
     this, so a picture is prepared identically in training and in serving.
     """
-    image = tf.io.decode_image(image_bytes, expand_animations=False, dtype=tf.uint8)
+    height, width = tf.unstack(declared_size(image_bytes))
+    too_big = tf.debugging.assert_less_equal(
+        height * width,
+        tf.constant(MAX_IMAGE_PIXELS, tf.int64),
+        message=f"The picture has more than {MAX_IMAGE_PIXELS:,} pixels; send a smaller one.",
+    )
+    with tf.control_dependencies([too_big]):
+        image = tf.io.decode_image(image_bytes, expand_animations=False, dtype=tf.uint8)
     return resize_image(image, image_size)
+
+
+# A few hundred kilobytes of PNG can unpack into a 20000 x 20000 picture (a decompression bomb):
+# the size its header declares is checked before anything is decoded.
+MAX_IMAGE_PIXELS = 25_000_000
+_HEADER_BYTES = 26
+
+
+def declared_size(image_bytes: tf.Tensor) -> tf.Tensor:
+    """int64 `(height, width)` that a JPEG, PNG, GIF or BMP header declares, without decoding
+    the picture; `(0, 0)` for anything else (which the decoder then accepts or rejects)."""
+    padded = tf.strings.join([image_bytes, tf.constant(b"\0" * _HEADER_BYTES)])
+    head = tf.io.decode_raw(tf.strings.substr(padded, 0, _HEADER_BYTES), tf.uint8)
+    head = tf.cast(head, tf.int64)
+
+    def number(first, count, big_endian):
+        digits = head[first : first + count]
+        digits = digits if big_endian else tf.reverse(digits, [0])
+        return tf.reduce_sum(digits * 256 ** tf.range(count - 1, -1, -1, dtype=tf.int64))
+
+    def starts_with(magic: bytes):
+        return tf.equal(tf.strings.substr(padded, 0, len(magic)), magic)
+
+    def jpeg_size():
+        return tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.int64)
+
+    return tf.case(
+        [
+            (tf.io.is_jpeg(image_bytes), jpeg_size),
+            (starts_with(b"\x89PNG"), lambda: tf.stack([number(20, 4, True), number(16, 4, True)])),
+            (starts_with(b"GIF8"), lambda: tf.stack([number(8, 2, False), number(6, 2, False)])),
+            (
+                starts_with(b"BM"),
+                lambda: tf.abs(tf.stack([number(22, 4, False), number(18, 4, False)])),
+            ),
+        ],
+        default=lambda: tf.zeros([2], tf.int64),
+    )
 
 
 def _check_image_size(image_size: int) -> None:
@@ -333,11 +379,55 @@ def _keep_existing_images(
             image_dir,
             missing[0].name,
         )
-    missing_set = set(missing)
+    broken = {}
+    for path in set(image_paths) - set(missing):
+        problem = _picture_problem(path)
+        if problem:
+            broken[path] = problem
+    if broken and not skip_missing:
+        path, problem = sorted(broken.items())[0]
+        others = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        raise ValueError(
+            f"{source}: image {path} {problem}{others}; replace it, or skip such entries with "
+            "--on-error skip."
+        )
+    if broken:
+        logger.warning("Skipping %d unreadable image(s) in %s.", len(broken), image_dir)
+    missing_set = set(missing) | set(broken)
     kept = [(str(p), c) for p, c in zip(image_paths, captions) if p not in missing_set]
     if not kept:
         raise ValueError(f"{source} has no captioned image in {image_dir}; check both paths.")
     return [path for path, _ in kept], [refs for _, refs in kept]
+
+
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_DECODABLE_FORMATS = {"JPEG", "PNG", "GIF", "BMP", "WEBP"}
+
+
+def _picture_problem(path: Path) -> str | None:
+    """Why TensorFlow could not decode the picture at `path`, or None.
+
+    Reads the header and the last bytes only, so checking every file of COCO takes seconds and
+    a broken file is named before training rather than found by `tf.data` half-way through.
+    """
+    try:
+        with Image.open(path) as picture:  # the header only
+            width, height, kind = picture.width, picture.height, picture.format
+    except Image.DecompressionBombError:
+        return f"has more than {MAX_IMAGE_PIXELS:,} pixels"
+    except (OSError, ValueError):
+        return "is empty or not a picture"
+    if kind not in _DECODABLE_FORMATS:
+        return f"is a {kind} file; use JPEG, PNG, GIF, BMP or WebP"
+    if width * height > MAX_IMAGE_PIXELS:
+        return f"has {width}x{height} pixels, more than {MAX_IMAGE_PIXELS:,}"
+    with path.open("rb") as file:
+        file.seek(max(0, path.stat().st_size - len(_PNG_END)))
+        tail = file.read()
+    cut_short = (kind == "JPEG" and not tail.rstrip(b"\0").endswith(b"\xff\xd9")) or (
+        kind == "PNG" and not tail.endswith(_PNG_END)
+    )
+    return "is cut short" if cut_short else None
 
 
 def load_coco_json(

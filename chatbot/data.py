@@ -229,6 +229,16 @@ def _read_chatterbot_yaml(path: Path, context_turns: int, problems: _Problems) -
         mark = getattr(error, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
         reason = getattr(error, "problem", None) or str(error)
+        context, context_mark = (
+            getattr(error, "context", None),
+            getattr(error, "context_mark", None),
+        )
+        if (
+            context
+            and context_mark is not None
+            and (mark is None or context_mark.line != mark.line)
+        ):
+            reason = f"{context} at line {context_mark.line + 1}: {reason}"
         problems.report(f"{path}:{line}", f"not valid YAML ({reason})")
         return []
 

@@ -291,6 +291,9 @@ def beam_search(
     )
 
 
+MAX_BEAM_SIZE = 16
+
+
 def search(
     step_fn,
     state,
@@ -305,11 +308,14 @@ def search(
 ) -> SearchResult:
     """One entry point for serving: sampling when `temperature > 0`, else beam search.
 
+    `beam_size` is clipped to `[1, MAX_BEAM_SIZE]`.
+
     Beam size 1 is greedy search. Every knob may be a tensor, so one exported endpoint offers
     all three searches; the choice is a `tf.cond` in the graph.
     """
     temperature = tf.cast(temperature, tf.float32)
-    beam_size = tf.maximum(tf.cast(beam_size, tf.int32), 1)
+    # A served model takes beam_size from its callers: bound the memory one request can claim.
+    beam_size = tf.clip_by_value(tf.cast(beam_size, tf.int32), 1, MAX_BEAM_SIZE)
 
     def by_sampling():
         return sample(step_fn, state, memory_context, max_length, temperature, top_k, top_p, seed)
