@@ -1,0 +1,175 @@
+"""Training speed: real (non-padding) target tokens per second, peak memory, loss after N steps.
+
+Ours (`Captioner` / `Seq2Seq`, built by the training scripts' `build_model`, stepped with
+`train_on_batch`, i.e. Keras's compiled train function) against the tutorial-style baseline
+(`benchmarks/baseline.py`), on the same batches in the same order, from the same weights
+(copied from ours), with the same optimizer (Adam, clipnorm 5). Sizes: embedding 256,
+units 512, batch 64.
+
+Method: a fixed list of batches is cycled for `steps` steps. The first step of every distinct
+batch shape traces (and maybe compiles) a graph; those steps are reported as "warm-up s" and
+left out of the throughput. Tokens/s = real target tokens of the other steps / their seconds.
+Loss: at step 0 (the same for both, as the weights are the same) and the mean over the last pass
+through the batch list. Each row runs in its own process, so its peak RSS is its own.
+
+    python -m benchmarks.train_throughput              # a few minutes
+    python -m benchmarks.train_throughput --quick      # seconds, tiny sizes
+    python -m benchmarks.train_throughput --mobilenet  # adds 224 px MobileNetV3-Small rows
+"""
+
+from __future__ import annotations
+
+import time
+
+from benchmarks import common
+
+NAME = "train_throughput"
+
+
+def specs(quick: bool, mobilenet: bool) -> list[dict]:
+    steps, count = (3, 1) if quick else (10, 3)
+    datasets = [("captioner", "shapes"), ("chatbot", "chatterbot"), ("chatbot", "synthetic30")]
+    if quick:
+        datasets = [("captioner", "shapes")]  # captions of 8 tokens: the smoke test's sizes
+    if mobilenet:
+        datasets.insert(1, ("captioner", "shapes224-mobilenet"))
+    rows = []
+    for app, data in datasets:
+        variants = [("ours", "float32", False), ("baseline", "float32", False)]
+        if not quick:
+            variants += [("ours", "float32", True), ("ours", "mixed_bfloat16", False)]
+        for impl, precision, jit in variants:
+            name = (
+                impl
+                + (" + jit_compile" if jit else "")
+                + (" bf16" if "bfloat16" in precision else "")
+            )
+            rows.append(
+                {
+                    "label": f"{data}: {name}",
+                    "app": app,
+                    "data": data,
+                    "impl": impl,
+                    "precision": precision,
+                    "jit": jit,
+                    "steps": steps,
+                    "count": count,
+                    "quick": quick,
+                }
+            )
+    return rows
+
+
+def build(spec: dict):
+    """(ours, batches, config) for a spec, in the spec's precision."""
+    from benchmarks import setups
+
+    setups.set_precision(spec["precision"])
+    size = setups.QUICK if spec["quick"] else setups.FULL
+    if spec["app"] == "captioner":
+        kwargs = {"max_length": 8} if spec["quick"] else {}
+        if spec["data"] == "shapes224-mobilenet":
+            kwargs = {"image_size": 224, "encoder": "mobilenet_v3_small"}
+            size = setups.Size(**{**size.__dict__, "num_images": 256 if not spec["quick"] else 16})
+        return setups.ours_captioner(size, count=spec["count"], **kwargs)
+    return setups.ours_chatbot(size, spec["data"], count=spec["count"])
+
+
+def step_function(spec: dict, ours, batches, config):
+    """`step(inputs, labels) -> loss` for the spec's implementation."""
+    from benchmarks import baseline, setups
+
+    if spec["impl"] == "baseline":
+        model = setups.baseline_of(ours, batches[0][0])
+        train_step = baseline.make_train_step(model, setups.same_optimizer(config))
+        return lambda x, y: float(train_step(x, y))
+    if spec["jit"]:
+        from shared.metrics import MaskedAccuracy, MaskedCrossEntropy
+
+        ours.compile(
+            optimizer=setups.same_optimizer(config),
+            loss=MaskedCrossEntropy(),
+            metrics=[MaskedAccuracy()],
+            jit_compile=True,
+        )
+    return lambda x, y: float(ours.train_on_batch(x, y, return_dict=True)["loss"])
+
+
+def measure(spec: dict) -> dict:
+    from benchmarks import setups
+
+    ours, batches, config = build(spec)
+    step = step_function(spec, ours, batches, config)
+    rss_built = common.current_rss_mb()
+    seen, losses = set(), []
+    warmup_s = timed_s = 0.0
+    tokens = 0
+    for i in range(spec["steps"]):
+        inputs, labels = batches[i % len(batches)]
+        shape = tuple((k, tuple(v.shape)) for k, v in sorted(inputs.items()))
+        start = time.perf_counter()
+        losses.append(step(inputs, labels))
+        elapsed = time.perf_counter() - start
+        if shape in seen:
+            timed_s += elapsed
+            tokens += setups.real_tokens(labels)
+        else:
+            seen.add(shape)
+            warmup_s += elapsed
+    last_pass = losses[-len(batches) :]
+    return {
+        "tokens_per_s": tokens / timed_s if timed_s else None,
+        "ms_per_step": 1000 * timed_s / max(1, spec["steps"] - len(seen)),
+        "warmup_s": warmup_s,
+        "shapes": len(seen),
+        "loss_step0": losses[0],
+        "loss_last_pass": sum(last_pass) / len(last_pass),
+        "rss_built_mb": rss_built,
+        "peak_rss_mb": common.peak_rss_mb(),
+        "target_len_mean": sum(int(b[1].shape[1]) for b in batches) / len(batches),
+    }
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Each row's tokens/s over the baseline's on the same data."""
+    base = {r["data"]: r.get("tokens_per_s") for r in rows if r["impl"] == "baseline"}
+    for row in rows:
+        if row.get("tokens_per_s") and base.get(row["data"]):
+            row["vs_baseline"] = row["tokens_per_s"] / base[row["data"]]
+
+
+COLUMNS = [
+    ("label", "data: implementation", ""),
+    ("tokens_per_s", "real tokens/s", ".0f"),
+    ("vs_baseline", "× baseline", ".2f"),
+    ("ms_per_step", "ms/step", ".0f"),
+    ("warmup_s", "warm-up s", ".1f"),
+    ("shapes", "batch shapes", ""),
+    ("loss_step0", "loss step 0", ".3f"),
+    ("loss_last_pass", "loss, last pass", ".3f"),
+    ("rss_built_mb", "RSS built MB", ".0f"),
+    ("peak_rss_mb", "peak RSS MB", ".0f"),
+]
+
+
+def main(argv=None) -> None:
+    p = common.parser(__doc__)
+    p.add_argument("--mobilenet", action="store_true", help="add 224 px MobileNetV3-Small rows")
+    args = p.parse_args(argv)
+    if args.worker:
+        import json
+
+        common.worker_reply(measure(json.loads(args.worker)))
+        return
+    rows = common.run_specs(
+        "benchmarks." + NAME, specs(args.quick, args.mobilenet), measure, isolate=not args.quick
+    )
+    add_ratios(rows)
+    print(common.table(rows, COLUMNS))
+    print(common.errors(rows))
+    path = common.write_results(NAME, args.out, args.quick, {"rows": rows})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
