@@ -53,13 +53,27 @@ class ChatbotConfig:
     )
     placement: str = setting("bahdanau", "where attention enters the decoder", choices=PLACEMENTS)
     input_feeding: bool = setting(True, "Luong placement: feed the attentional vector back")
-    dropout: float = setting(0.1, "dropout on embeddings and output features")
+    dropout: float = setting(
+        0.0, "dropout on embeddings and output features (0: the default run memorises its corpus)"
+    )
     # === Training ===
     epochs: int = setting(60, "most passes over the training pairs")
     batch_size: int = setting(64, "pairs per step")
     learning_rate: float = setting(3e-3, "Adam learning rate")
     patience: int = setting(5, "epochs without improvement before stopping")
     seed: int = setting(0, "seeds Python, NumPy and TensorFlow, and the data split")
+    strategy: str = setting(
+        "default",
+        "tf.distribute strategy: default (one device) | mirrored (GPUs of this machine) | "
+        "multiworker (several machines, each with its TF_CONFIG) | tpu; --batch-size is split "
+        "across the replicas; see training/SCALING.md",
+        ("default", "mirrored", "multiworker", "tpu"),
+    )
+    devices: str = setting(
+        "",
+        "mirrored: a count (2; on a machine without GPUs, logical CPU devices) or a list "
+        "(GPU:0,GPU:2); multiworker: GPUs per worker; tpu: the TPU name (empty: all / local)",
+    )
     # === Evaluation ===
     beam_size: int = setting(3, "beam size for the beam-search evaluation")
     samples: int = setting(6, "attention heatmaps written to samples/")

@@ -110,9 +110,14 @@ STALE_ON_OVERWRITE = (
 )
 
 
+# Settings that say where and on what a run is computed, not what it computes: a run may resume
+# under other values.
+NOT_DEFINING_A_RUN = ("run_dir", "strategy", "devices")
+
+
 def _comparable(settings: dict) -> dict:
-    """The settings that define a run: all but where it is written."""
-    return {key: value for key, value in settings.items() if key != "run_dir"}
+    """The settings that define a run."""
+    return {key: value for key, value in settings.items() if key not in NOT_DEFINING_A_RUN}
 
 
 def save_config(run_dir: Path, config) -> None:

@@ -24,6 +24,7 @@ from shared import config as config_io
 from shared.export import write_savedmodel
 from shared.metrics import MaskedAccuracy, MaskedCrossEntropy
 from shared.text import Vocabulary
+from training import distribute
 from training.captioner_config import CaptionerConfig
 from training.common import (
     UserError,
@@ -178,33 +179,59 @@ def train(config: CaptionerConfig, overwrite: bool = False, evaluate: bool = Tru
     """The whole run; returns the evaluation metrics."""
     from training import evaluate_captioner  # evaluation imports plotting; load it only here
 
+    strategy = distribute.make_strategy(config.strategy, config.devices)  # before other TF work
+    print(distribute.describe(strategy))
     keras.utils.set_random_seed(config.seed)
-    run_dir = prepare_run_dir(config.run_dir, config, EXPORT_NAME, overwrite)
+    chief = distribute.is_chief(strategy)
+    run_dir = distribute.worker_run_dir(config.run_dir, strategy)
+    run_dir = prepare_run_dir(run_dir, config, EXPORT_NAME, overwrite)
     train_data = load_split(config, "train")
     vocabulary = build_vocabulary(config, train_data)
     save_config(run_dir, config)
     save_vocabulary(vocabulary, run_dir / "vocabulary.json")
     print(f"vocabulary: {len(vocabulary)} tokens")
 
-    model = build_model(config, vocabulary)
-    val_data = load_split(config, "validation")
-    if config.cache_features:
-        if not model.cnn_is_frozen:
-            raise UserError(
-                "--cache-features needs a frozen keras.applications backbone (e.g. --encoder "
-                "mobilenet_v3_small --fine-tune false); the small_cnn trains with the decoder."
-            )
-        train_data = cached_features(train_data, model, run_dir / "features" / "train")
-        val_data = cached_features(val_data, model, run_dir / "features" / "validation")
-    seed = zlib.crc32(str(config.seed).encode())
-    train_batches = training_batches(train_data, model, config.batch_size, True, seed)
-    val_batches = training_batches(val_data, model, config.batch_size, False, seed)
-    model(next(iter(val_batches))[0])  # build every weight before BackupAndRestore restores them
-    fit(model, run_dir, train_batches, val_batches, config.epochs, config.patience)
+    with strategy.scope():  # the model's variables are created mirrored on every replica
+        model = build_model(config, vocabulary)
+        val_data = load_split(config, "validation")
+        if config.cache_features:
+            if not model.cnn_is_frozen:
+                raise UserError(
+                    "--cache-features needs a frozen keras.applications backbone (e.g. --encoder "
+                    "mobilenet_v3_small --fine-tune false); the small_cnn trains with the decoder."
+                )
+            train_data = cached_features(train_data, model, run_dir / "features" / "train")
+            val_data = cached_features(val_data, model, run_dir / "features" / "validation")
+        seed = zlib.crc32(str(config.seed).encode())
+        train_batches = training_batches(train_data, model, config.batch_size, True, seed)
+        val_batches = training_batches(val_data, model, config.batch_size, False, seed)
+        # How the workers share the data. shapes (in-memory arrays), coco and flickr8k (a list
+        # of image paths decoded in a map: no file-reading dataset to split) and cached
+        # features (a generator cache) can only be sharded by DATA: every worker runs the same
+        # seeded pipeline and keeps its share of each global batch. TFDS reads TFRecord shards,
+        # so AUTO gives each worker its own files (FILE) when there are enough of them, and
+        # falls back to DATA otherwise.
+        tfds_files = config.data.startswith("tfds:") and not config.cache_features
+        policy = distribute.AUTO if tfds_files else distribute.DATA
+        train_batches = distribute.shard(train_batches, policy)
+        val_batches = distribute.shard(val_batches, policy)
+        model(next(iter(val_batches))[0])  # build every weight before BackupAndRestore restores
+    fit(
+        model,
+        run_dir,
+        train_batches,
+        val_batches,
+        config.epochs,
+        config.patience,
+        strategy=strategy,
+    )
     metrics = {}
-    if evaluate:
+    if evaluate and chief:
         metrics = evaluate_captioner.evaluate(model, config, run_dir)
-    version_dir = export(model, run_dir, config)
+    version_dir = export(model, run_dir, config)  # every worker: saving may need collectives
+    if not chief:
+        distribute.remove_worker_dir(config.run_dir, strategy)
+        return metrics
     print(f"exported: {version_dir}")
     return metrics
 

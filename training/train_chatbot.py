@@ -26,6 +26,7 @@ from shared import config as config_io
 from shared.export import write_savedmodel
 from shared.metrics import MaskedAccuracy, MaskedCrossEntropy
 from shared.text import Vocabulary
+from training import distribute
 from training.chatbot_config import ChatbotConfig
 from training.common import (
     UserError,
@@ -149,8 +150,12 @@ def train(config: ChatbotConfig, overwrite: bool = False, evaluate: bool = True)
     """The whole run; returns the evaluation metrics."""
     from training import evaluate_chatbot  # evaluation imports plotting; load it only here
 
+    strategy = distribute.make_strategy(config.strategy, config.devices)  # before other TF work
+    print(distribute.describe(strategy))
     keras.utils.set_random_seed(config.seed)
-    run_dir = prepare_run_dir(config.run_dir, config, EXPORT_NAME, overwrite)
+    chief = distribute.is_chief(strategy)
+    run_dir = distribute.worker_run_dir(config.run_dir, strategy)
+    run_dir = prepare_run_dir(run_dir, config, EXPORT_NAME, overwrite)
     train_pairs, val_pairs, test_pairs = load_splits(config)
     print(
         f"pairs: {len(train_pairs)} train, {len(val_pairs)} validation, {len(test_pairs)} held out"
@@ -166,18 +171,36 @@ def train(config: ChatbotConfig, overwrite: bool = False, evaluate: bool = True)
     save_vocabulary(target, run_dir / "target_vocabulary.json")
     print(f"vocabulary: {len(source)} source, {len(target)} target tokens")
 
-    model = build_model(config, source, target)
-    train_batches = batches(train_pairs, model, config.batch_size, True, config.seed)
-    val_batches = batches(
-        val_pairs or train_pairs[:256], model, config.batch_size, False, config.seed
-    )
-    model(next(iter(val_batches))[0])  # build every weight before BackupAndRestore restores them
+    with strategy.scope():  # the model's variables are created mirrored on every replica
+        model = build_model(config, source, target)
+        # Sharded by DATA: the pairs are in memory (from_tensor_slices), so there are no files
+        # to split. Every worker builds the same shuffled, bucketed global batches (same seed)
+        # and keeps its replicas' share of each; `--batch-size` stays the global batch.
+        train_batches = batches(train_pairs, model, config.batch_size, True, config.seed)
+        train_batches = distribute.shard(train_batches, distribute.DATA)
+        val_batches = batches(
+            val_pairs or train_pairs[:256], model, config.batch_size, False, config.seed
+        )
+        val_batches = distribute.shard(val_batches, distribute.DATA)
+        model(next(iter(val_batches))[0])  # build every weight before BackupAndRestore restores
     monitor = "val_loss" if config.holdout > 0 else "loss"
-    fit(model, run_dir, train_batches, val_batches, config.epochs, config.patience, monitor)
+    fit(
+        model,
+        run_dir,
+        train_batches,
+        val_batches,
+        config.epochs,
+        config.patience,
+        monitor,
+        strategy=strategy,
+    )
     metrics = {}
-    if evaluate:
+    if evaluate and chief:
         metrics = evaluate_chatbot.evaluate(model, config, run_dir, train_pairs, test_pairs)
-    version_dir = export(model, run_dir, config)
+    version_dir = export(model, run_dir, config)  # every worker: saving may need collectives
+    if not chief:
+        distribute.remove_worker_dir(config.run_dir, strategy)
+        return metrics
     print(f"exported: {version_dir}")
     return metrics
 
