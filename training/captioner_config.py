@@ -63,13 +63,18 @@ class CaptionerConfig:
         "default",
         "tf.distribute strategy: default (one device) | mirrored (GPUs of this machine) | "
         "multiworker (several machines, each with its TF_CONFIG) | tpu; --batch-size is split "
-        "across the replicas; see training/SCALING.md",
+        "across the replicas; see the README's scaling section",
         ("default", "mirrored", "multiworker", "tpu"),
     )
     devices: str = setting(
         "",
         "mirrored: a count (2; on a machine without GPUs, logical CPU devices) or a list "
         "(GPU:0,GPU:2); multiworker: GPUs per worker; tpu: the TPU name (empty: all / local)",
+    )
+    jit_compile: bool = setting(
+        False,
+        "compile each training step with XLA (benchmarks/README.md: about 2x for the chatbot "
+        "at units 512 on a CPU, slower for the captioner's CNN; compiles once per batch shape)",
     )
     # === Evaluation ===
     beam_size: int = setting(3, "beam size for the beam-search evaluation")

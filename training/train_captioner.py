@@ -152,6 +152,7 @@ def build_model(config: CaptionerConfig, vocabulary: Vocabulary) -> Captioner:
         optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0),
         loss=MaskedCrossEntropy(),
         metrics=[MaskedAccuracy()],
+        jit_compile=config.jit_compile,
     )
     return model
 

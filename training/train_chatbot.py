@@ -78,6 +78,7 @@ def build_model(config: ChatbotConfig, source: Vocabulary, target: Vocabulary) -
         optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0),
         loss=MaskedCrossEntropy(),
         metrics=[MaskedAccuracy()],
+        jit_compile=config.jit_compile,
     )
     return model
 
