@@ -1,0 +1,1 @@
+"""Experiments that show why attention exists: `python -m training.experiments --help`."""
