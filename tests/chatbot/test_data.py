@@ -302,7 +302,7 @@ def test_malformed_input_raises_naming_file_and_line(tmp_path, write_fixture, wh
     message = str(raised.value)
     assert f"{tmp_path}/" in message
     assert f"{where}: " in message
-    assert "on_error='skip'" in message
+    assert "--on-error skip" in message
 
 
 @pytest.mark.parametrize("write_fixture, where, good_prompts", MALFORMED_CASES)
