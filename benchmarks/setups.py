@@ -179,6 +179,53 @@ def ours_greedy_tokens(ours, inputs, max_length: int):
     return run(inputs).numpy()
 
 
+def corpus_longest(model, config) -> dict[str, int]:
+    """The corpus's longest source and target in tokens: what the tutorials pad every batch to.
+
+    The captioner's captions are cut at `max_length` (the shapes captions reach it).
+    """
+    if hasattr(model, "cnn"):
+        return {"decoder_inputs": config.max_length}
+    from training import train_chatbot as tb
+    from training.batching import longest_row
+
+    pairs, _, _ = tb.load_splits(config)
+    replies = tf.constant([p.reply for p in pairs])
+    prompts = tf.constant([p.prompt for p in pairs])
+    return {
+        "decoder_inputs": int(longest_row(model.target_text.encode_target(replies)[1])),
+        "source": int(longest_row(model.source_text(prompts))),
+    }
+
+
+def tutorial_batches(batch_list, longest: dict[str, int], seed=0) -> list:
+    """The examples of `batch_list`, fed the tutorial way: in random order (not grouped by
+    length), every sequence padded to the corpus's longest (`corpus_longest`)."""
+    keys = list(batch_list[0][0])
+
+    def padded(tensor, width):
+        return tf.pad(tensor, [[0, 0], [0, width - int(tensor.shape[1])]])
+
+    def stacked(key):
+        parts = [b[0][key] for b in batch_list]
+        if key in longest:
+            parts = [padded(part, longest[key]) for part in parts]
+        return tf.concat(parts, axis=0)
+
+    inputs = {key: stacked(key) for key in keys}
+    width = longest["decoder_inputs"]
+    labels = tf.concat([padded(b[1], width) for b in batch_list], axis=0)
+    order = tf.random.shuffle(tf.range(tf.shape(labels)[0]), seed=seed)
+    size = int(batch_list[0][1].shape[0])
+    return [
+        (
+            {key: tf.gather(value, order[i : i + size]) for key, value in inputs.items()},
+            tf.gather(labels, order[i : i + size]),
+        )
+        for i in range(0, int(labels.shape[0]), size)
+    ]
+
+
 def real_tokens(labels) -> int:
     return int(tf.reduce_sum(tf.cast(labels != 0, tf.int32)))
 

@@ -276,33 +276,100 @@ class AttentionDecoder(keras.layers.Layer):
         return logits, weights
 
     def _scan(self, embedded, state, memory_context):
-        """Runs `_step_features` over time inside the graph (a `tf.while_loop`).
+        """Features `(batch, T, F)`, weights `(batch, T, S)` and the last state for all steps.
 
-        The output projection is applied afterwards to all steps at once, one large matrix
-        product instead of T small ones.
+        Every placement can run `_step_features` once per step; two have a faster way to the
+        same numbers, which `test_decoder.py` checks against the step-by-step path:
+        - One LSTM layer with Bahdanau attention (the default): `_lstm_bahdanau_step`.
+        - Luong without input feeding: attention reads only the new state h_t, so the cells run
+          over all steps first and attention for every step is one batched product.
+        The output projection is applied afterwards to all steps at once.
         """
-        embedded_by_time = tf.TensorArray(embedded.dtype, size=0, dynamic_size=True)
-        embedded_by_time = embedded_by_time.unstack(tf.transpose(embedded, [1, 0, 2]))
-        steps = tf.shape(embedded)[1]
-        features_by_time = tf.TensorArray(self.compute_dtype, size=steps)
-        weights_by_time = tf.TensorArray(self.compute_dtype, size=steps)
-
-        def body(t, state, features_by_time, weights_by_time):
-            features, weights, state = self._step_features(
-                embedded_by_time.read(t), state, memory_context
+        if self.cell_type == "lstm" and self.num_layers == 1 and self.placement == "bahdanau":
+            token_part, step = self._lstm_bahdanau_step(embedded, memory_context)
+            return self._over_time(step, token_part, state)
+        if self.placement == "luong" and not self.input_feeding:
+            outputs, _, state = self._over_time(
+                self._cells_step, embedded, state, with_weights=False
             )
-            features_by_time = features_by_time.write(t, tf.cast(features, self.compute_dtype))
-            weights_by_time = weights_by_time.write(t, tf.cast(weights, self.compute_dtype))
-            return t + 1, state, features_by_time, weights_by_time
+            context, weights = self.attention(
+                outputs,
+                memory_context["memory"],
+                keys=memory_context["keys"],
+                memory_mask=memory_context["mask"],
+            )
+            features = self.attentional(ops.concatenate([context, outputs], axis=-1))
+            return features, weights, state
+        return self._over_time(
+            lambda x, state: self._step_features(x, state, memory_context), embedded, state
+        )
 
-        _, state, features_by_time, weights_by_time = tf.while_loop(
+    def _cells_step(self, cell_input, state):
+        output, cells = self._run_cells(cell_input, state["cells"])
+        return output, None, {"cells": cells}
+
+    def _lstm_bahdanau_step(self, embedded, memory_context):
+        """`_step_features` of one LSTM layer with Bahdanau attention, rearranged for speed.
+
+        The cell's pre-activation is `[x_t; c_t; s_{t-1}] [W_x; W_c; W_h] + b`. Teacher forcing
+        knows every token x_t in advance, so `x_t W_x + b` for all steps is one large matrix
+        product before the loop; each step is left with the one product `[c_t; s_{t-1}] [W_c;
+        W_h]` instead of the cell's two. Returns `(token_part (batch, T, 4·units), step)`.
+        """
+        cell = self.cells[0]
+        kernel = ops.cast(cell.kernel, self.compute_dtype)
+        token_kernel, context_kernel = kernel[: self.embedding_dim], kernel[self.embedding_dim :]
+        token_part = ops.matmul(embedded, token_kernel) + ops.cast(cell.bias, self.compute_dtype)
+        step_kernel = ops.concatenate(
+            [context_kernel, ops.cast(cell.recurrent_kernel, self.compute_dtype)], axis=0
+        )
+        gate, squash = cell.recurrent_activation, cell.activation
+
+        def step(token_part_t, state):
+            h, c = state["cells"][0]
+            context, weights = self.attention(
+                h,
+                memory_context["memory"],
+                keys=memory_context["keys"],
+                memory_mask=memory_context["mask"],
+            )
+            z = token_part_t + ops.matmul(ops.concatenate([context, h], axis=-1), step_kernel)
+            z_input, z_forget, z_candidate, z_output = ops.split(z, 4, axis=-1)
+            c = gate(z_forget) * c + gate(z_input) * squash(z_candidate)
+            h = gate(z_output) * squash(c)
+            return ops.concatenate([h, context], axis=-1), weights, {"cells": [[h, c]]}
+
+        return token_part, step
+
+    def _over_time(self, step, inputs, state, with_weights=True):
+        """Runs `step(inputs_t, state) -> (features, weights, state)` for every t of `inputs`
+        `(batch, T, …)` inside the graph (a `tf.while_loop`).
+
+        Returns the features `(batch, T, F)`, the weights `(batch, T, S)` (None without
+        `with_weights`, for steps that give none) and the last state.
+        """
+        steps = tf.shape(inputs)[1]
+        inputs_by_time = tf.TensorArray(inputs.dtype, size=steps)
+        inputs_by_time = inputs_by_time.unstack(tf.transpose(inputs, [1, 0, 2]))
+        kept = 2 if with_weights else 1  # features, and weights
+        outputs_by_time = [tf.TensorArray(self.compute_dtype, size=steps) for _ in range(kept)]
+
+        def body(t, state, outputs_by_time):
+            *outputs, state = step(inputs_by_time.read(t), state)
+            outputs_by_time = [
+                array.write(t, tf.cast(output, self.compute_dtype))
+                for array, output in zip(outputs_by_time, outputs)
+            ]
+            return t + 1, state, outputs_by_time
+
+        _, state, outputs_by_time = tf.while_loop(
             lambda t, *_: t < steps,
             body,
-            (tf.constant(0), state, features_by_time, weights_by_time),
+            (tf.constant(0), state, outputs_by_time),
+            maximum_iterations=steps,
         )
-        features = tf.transpose(features_by_time.stack(), [1, 0, 2])
-        weights = tf.transpose(weights_by_time.stack(), [1, 0, 2])
-        return features, weights, state
+        outputs = [tf.transpose(array.stack(), [1, 0, 2]) for array in outputs_by_time]
+        return outputs[0], outputs[1] if with_weights else None, state
 
     def get_config(self):
         return {

@@ -24,7 +24,7 @@ from shared import config as config_io
 from shared.export import write_savedmodel
 from shared.metrics import MaskedAccuracy, MaskedCrossEntropy
 from shared.text import Vocabulary
-from training import distribute
+from training import batching, distribute
 from training.captioner_config import CaptionerConfig
 from training.common import (
     UserError,
@@ -102,6 +102,10 @@ def build_vocabulary(config: CaptionerConfig, train: tf.data.Dataset) -> Vocabul
     )
 
 
+# Caption lengths in words that start a new batch group (the shapes captions have 3 to 28).
+LENGTH_BUCKETS = (6, 10, 14, 18)
+
+
 def training_batches(
     dataset: tf.data.Dataset, model: Captioner, batch_size: int, shuffle: bool, seed: int
 ) -> tf.data.Dataset:
@@ -109,7 +113,8 @@ def training_batches(
     caption per image.
 
     A new caption is drawn for every image in every epoch, so an epoch costs one pass over
-    the images, and over the epochs the model sees every wording.
+    the images, and over the epochs the model sees every wording. Training batches group
+    captions of similar length (`training.batching`); every batch is cut to its longest caption.
     """
     # Cached backbone features (training.feature_cache) replace the images when present.
     input_key = "features" if "features" in dataset.element_spec else "image"
@@ -124,14 +129,21 @@ def training_batches(
         return element[input_key], captions[pick] if shuffle else captions[0]
 
     def to_model_inputs(inputs, captions):
-        decoder_inputs, labels = model.text.encode_target(captions)
+        decoder_inputs, labels = batching.cut_to_longest(*model.text.encode_target(captions))
         return {input_key: inputs, "decoder_inputs": decoder_inputs}, labels
 
-    return (
-        dataset.map(one_caption, num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(batch_size)
-        .map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.map(one_caption, num_parallel_calls=tf.data.AUTOTUNE)
+    if shuffle:
+        dataset = batching.group_by_length(
+            dataset,
+            lambda inputs, caption: batching.word_count(caption),
+            LENGTH_BUCKETS,
+            batch_size,
+        )
+    else:
+        dataset = dataset.batch(batch_size)
+    return dataset.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE
     )
 
 

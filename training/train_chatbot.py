@@ -26,7 +26,7 @@ from shared import config as config_io
 from shared.export import write_savedmodel
 from shared.metrics import MaskedAccuracy, MaskedCrossEntropy
 from shared.text import Vocabulary
-from training import distribute
+from training import batching, distribute
 from training.chatbot_config import ChatbotConfig
 from training.common import (
     UserError,
@@ -97,31 +97,22 @@ def batches(pairs: list[Pair], model: Seq2Seq, batch_size: int, shuffle: bool, s
     dataset = tf.data.Dataset.from_tensor_slices((prompts, replies))
     if shuffle:
         dataset = dataset.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.bucket_by_sequence_length(
-        lambda prompt, reply: tf.size(tf.strings.split(reply)),
-        bucket_boundaries=list(LENGTH_BUCKETS),
-        bucket_batch_sizes=[batch_size] * (len(LENGTH_BUCKETS) + 1),
+    dataset = batching.group_by_length(
+        dataset, lambda prompt, reply: batching.word_count(reply), LENGTH_BUCKETS, batch_size
     )
 
     def to_model_inputs(prompt, reply):
         source = model.source_text(prompt)
-        decoder_inputs, labels = model.target_text.encode_target(reply)
-        source_len = _longest(source)
-        target_len = _longest(labels)
+        decoder_inputs, labels = batching.cut_to_longest(*model.target_text.encode_target(reply))
         inputs = {
-            "source": source[:, :source_len],
-            "decoder_inputs": decoder_inputs[:, :target_len],
+            "source": source[:, : batching.longest_row(source)],
+            "decoder_inputs": decoder_inputs,
         }
-        return inputs, labels[:, :target_len]
+        return inputs, labels
 
     return dataset.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE
     )
-
-
-def _longest(ids):
-    """Length of the longest row of a padded id batch (at least 1)."""
-    return tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(ids != 0, tf.int32), axis=1)), 1)
 
 
 def export(model: Seq2Seq, run_dir, config: ChatbotConfig):

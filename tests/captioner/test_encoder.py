@@ -123,7 +123,7 @@ def test_training_reads_features_instead_of_images(frozen_model, scenes, tmp_pat
     from training.train_captioner import training_batches
 
     cache = cached_features(scenes, frozen_model, tmp_path / "train", batch_size=4)
-    inputs, labels = next(iter(training_batches(cache, frozen_model, 4, True, seed=0)))
+    inputs, labels = next(iter(training_batches(cache, frozen_model, 4, False, seed=0)))
     assert set(inputs) == {"features", "decoder_inputs"}
     logits = frozen_model(inputs)
     assert logits.shape[:2] == labels.shape

@@ -83,6 +83,39 @@ def test_teacher_forcing_equals_step_by_step(attention, placement, input_feeding
         assert np.all(weights[np.broadcast_to(~mask[:, None, :], weights.shape)] == 0.0)
 
 
+@pytest.mark.parametrize(
+    ("attention", "placement", "input_feeding"),
+    [("additive", "bahdanau", False), ("concat", "bahdanau", False), ("general", "luong", False)],
+    ids=["lstm-bahdanau-additive", "lstm-bahdanau-concat", "luong-batched"],
+)
+def test_fast_teacher_forcing_paths_have_the_step_by_step_gradients(
+    attention, placement, input_feeding
+):
+    """The rearranged LSTM-Bahdanau loop and the batched Luong attention train like `step`."""
+    decoder = make_decoder(attention=attention, placement=placement, input_feeding=input_feeding)
+    targets, memory, mask = random_inputs(seed=2)
+    projection = tf.constant(np.random.default_rng(3).normal(size=(VOCAB,)).astype("float32"))
+    variables = decoder.trainable_variables
+
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(decoder(targets, memory, memory_mask=mask)[0] * projection)
+    fast = tape.gradient(loss, variables)
+    with tf.GradientTape() as tape:
+        memory_context = decoder.prepare_memory(memory, mask)
+        state = decoder.initial_state(memory_context)
+        loss = 0.0
+        for t in range(STEPS):
+            logits, state, _ = decoder.step(targets[:, t], state, memory_context)
+            loss += tf.reduce_sum(logits * projection)
+    stepwise = tape.gradient(loss, variables)
+
+    for variable, a, b in zip(variables, fast, stepwise):
+        assert a is not None, f"no gradient for {variable.path}"
+        np.testing.assert_allclose(
+            tf.convert_to_tensor(a), tf.convert_to_tensor(b), err_msg=variable.path, **TOLERANCE
+        )
+
+
 @pytest.mark.parametrize("score", ["additive", "dot", "general", "concat"])
 @pytest.mark.parametrize("placement", ["bahdanau", "luong"])
 def test_every_score_works_in_both_attention_placements(score, placement):
