@@ -278,16 +278,12 @@ class AttentionDecoder(keras.layers.Layer):
     def _scan(self, embedded, state, memory_context):
         """Features `(batch, T, F)`, weights `(batch, T, S)` and the last state for all steps.
 
-        Every placement can run `_step_features` once per step; two have a faster way to the
-        same numbers, which `test_decoder.py` checks against the step-by-step path:
-        - One LSTM layer with Bahdanau attention (the default): `_lstm_bahdanau_step`.
-        - Luong without input feeding: attention reads only the new state h_t, so the cells run
-          over all steps first and attention for every step is one batched product.
-        The output projection is applied afterwards to all steps at once.
+        Every placement runs `_step_features` once per step, except Luong without input
+        feeding: there attention reads only the new state h_t, so the cells run over all steps
+        first and attention for every step is one batched product (about 20 % faster to train,
+        measured in benchmarks/README.md; `test_decoder.py` checks it against `step`). The
+        output projection is applied afterwards to all steps at once.
         """
-        if self.cell_type == "lstm" and self.num_layers == 1 and self.placement == "bahdanau":
-            token_part, step = self._lstm_bahdanau_step(embedded, memory_context)
-            return self._over_time(step, token_part, state)
         if self.placement == "luong" and not self.input_feeding:
             outputs, _, state = self._over_time(
                 self._cells_step, embedded, state, with_weights=False
@@ -307,39 +303,6 @@ class AttentionDecoder(keras.layers.Layer):
     def _cells_step(self, cell_input, state):
         output, cells = self._run_cells(cell_input, state["cells"])
         return output, None, {"cells": cells}
-
-    def _lstm_bahdanau_step(self, embedded, memory_context):
-        """`_step_features` of one LSTM layer with Bahdanau attention, rearranged for speed.
-
-        The cell's pre-activation is `[x_t; c_t; s_{t-1}] [W_x; W_c; W_h] + b`. Teacher forcing
-        knows every token x_t in advance, so `x_t W_x + b` for all steps is one large matrix
-        product before the loop; each step is left with the one product `[c_t; s_{t-1}] [W_c;
-        W_h]` instead of the cell's two. Returns `(token_part (batch, T, 4·units), step)`.
-        """
-        cell = self.cells[0]
-        kernel = ops.cast(cell.kernel, self.compute_dtype)
-        token_kernel, context_kernel = kernel[: self.embedding_dim], kernel[self.embedding_dim :]
-        token_part = ops.matmul(embedded, token_kernel) + ops.cast(cell.bias, self.compute_dtype)
-        step_kernel = ops.concatenate(
-            [context_kernel, ops.cast(cell.recurrent_kernel, self.compute_dtype)], axis=0
-        )
-        gate, squash = cell.recurrent_activation, cell.activation
-
-        def step(token_part_t, state):
-            h, c = state["cells"][0]
-            context, weights = self.attention(
-                h,
-                memory_context["memory"],
-                keys=memory_context["keys"],
-                memory_mask=memory_context["mask"],
-            )
-            z = token_part_t + ops.matmul(ops.concatenate([context, h], axis=-1), step_kernel)
-            z_input, z_forget, z_candidate, z_output = ops.split(z, 4, axis=-1)
-            c = gate(z_forget) * c + gate(z_input) * squash(z_candidate)
-            h = gate(z_output) * squash(c)
-            return ops.concatenate([h, context], axis=-1), weights, {"cells": [[h, c]]}
-
-        return token_part, step
 
     def _over_time(self, step, inputs, state, with_weights=True):
         """Runs `step(inputs_t, state) -> (features, weights, state)` for every t of `inputs`

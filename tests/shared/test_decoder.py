@@ -85,13 +85,11 @@ def test_teacher_forcing_equals_step_by_step(attention, placement, input_feeding
 
 @pytest.mark.parametrize(
     ("attention", "placement", "input_feeding"),
-    [("additive", "bahdanau", False), ("concat", "bahdanau", False), ("general", "luong", False)],
-    ids=["lstm-bahdanau-additive", "lstm-bahdanau-concat", "luong-batched"],
+    [("additive", "bahdanau", False), ("general", "luong", False), ("dot", "luong", True)],
+    ids=["bahdanau", "luong-batched", "luong-input-feeding"],
 )
-def test_fast_teacher_forcing_paths_have_the_step_by_step_gradients(
-    attention, placement, input_feeding
-):
-    """The rearranged LSTM-Bahdanau loop and the batched Luong attention train like `step`."""
+def test_teacher_forcing_has_the_step_by_step_gradients(attention, placement, input_feeding):
+    """Training through `call` (one graph loop, or batched Luong attention) matches `step`."""
     decoder = make_decoder(attention=attention, placement=placement, input_feeding=input_feeding)
     targets, memory, mask = random_inputs(seed=2)
     projection = tf.constant(np.random.default_rng(3).normal(size=(VOCAB,)).astype("float32"))
