@@ -13,8 +13,9 @@ baseline row gets our batches, which isolates the decoder loop from the padding.
 Method: a fixed list of batches is cycled for `steps` steps. The first step of every distinct
 batch shape traces (and maybe compiles) a graph; those steps are reported as "warm-up s" and
 left out of the throughput. Tokens/s = real target tokens of the other steps / their seconds.
-Loss: at step 0 and the mean over the last pass through the batch list (every pass holds the
-same examples in every row; rows fed the same batches have the same step-0 loss). Each row
+Loss: at step 0, the mean over the last pass through the batch list, and after the last step
+the loss per real token over all the examples in inference mode ("loss after"), which compares
+rows fed differently (every pass holds the same examples in every row). Each row
 runs in its own process, so its peak RSS is its own.
 
     python -m benchmarks.train_throughput              # a few minutes
@@ -93,31 +94,51 @@ def build(spec: dict):
     return ours, batches, config
 
 
-def step_function(spec: dict, ours, batches, config):
-    """`step(inputs, labels) -> loss` for the spec's implementation."""
+def step_and_loss(spec: dict, ours, batches, config):
+    """`step(inputs, labels) -> training loss` for the spec's implementation, and
+    `loss(inputs, labels)`: its masked cross-entropy in inference mode (no update)."""
+    import tensorflow as tf
+
     from benchmarks import baseline, setups
+    from shared.metrics import MaskedAccuracy, MaskedCrossEntropy
 
     if spec["impl"] == "baseline":
         model = setups.baseline_of(ours, batches[0][0])
         train_step = baseline.make_train_step(model, setups.same_optimizer(config))
-        return lambda x, y: float(train_step(x, y))
+        evaluate = tf.function(lambda x, y: baseline.teacher_forced_loss(model, x, y))
+        return (lambda x, y: float(train_step(x, y))), (lambda x, y: float(evaluate(x, y)))
     if spec["jit"]:
-        from shared.metrics import MaskedAccuracy, MaskedCrossEntropy
-
         ours.compile(
             optimizer=setups.same_optimizer(config),
             loss=MaskedCrossEntropy(),
             metrics=[MaskedAccuracy()],
             jit_compile=True,
         )
-    return lambda x, y: float(ours.train_on_batch(x, y, return_dict=True)["loss"])
+    masked_loss = MaskedCrossEntropy()
+    evaluate = tf.function(lambda x, y: masked_loss(y, ours(x, training=False)))
+    return (
+        lambda x, y: float(ours.train_on_batch(x, y, return_dict=True)["loss"]),
+        lambda x, y: float(evaluate(x, y)),
+    )
+
+
+def loss_on_all_examples(loss, batches) -> float:
+    """Mean loss per real target token over every batch: the same examples in every row."""
+    from benchmarks import setups
+
+    total = tokens = 0.0
+    for inputs, labels in batches:
+        count = setups.real_tokens(labels)
+        total += loss(inputs, labels) * count
+        tokens += count
+    return total / tokens
 
 
 def measure(spec: dict) -> dict:
     from benchmarks import setups
 
     ours, batches, config = build(spec)
-    step = step_function(spec, ours, batches, config)
+    step, loss = step_and_loss(spec, ours, batches, config)
     rss_built = common.current_rss_mb()
     seen, losses = set(), []
     warmup_s = timed_s = 0.0
@@ -142,6 +163,7 @@ def measure(spec: dict) -> dict:
         "shapes": len(seen),
         "loss_step0": losses[0],
         "loss_last_pass": sum(last_pass) / len(last_pass),
+        "loss_after": loss_on_all_examples(loss, batches),
         "rss_built_mb": rss_built,
         "peak_rss_mb": common.peak_rss_mb(),
         "target_len_mean": sum(int(b[1].shape[1]) for b in batches) / len(batches),
@@ -173,6 +195,7 @@ COLUMNS = [
     ("shapes", "batch shapes", ""),
     ("loss_step0", "loss step 0", ".3f"),
     ("loss_last_pass", "loss, last pass", ".3f"),
+    ("loss_after", "loss after, all examples", ".4f"),
     ("rss_built_mb", "RSS built MB", ".0f"),
     ("peak_rss_mb", "peak RSS MB", ".0f"),
 ]

@@ -102,8 +102,8 @@ def build_vocabulary(config: CaptionerConfig, train: tf.data.Dataset) -> Vocabul
     )
 
 
-# Caption lengths in words that start a new batch group (the shapes captions have 3 to 28).
-LENGTH_BUCKETS = (6, 10, 14, 18)
+# Caption lengths in tokens that start a new batch group (the shapes captions have 3 to 28).
+LENGTH_BUCKETS = (6, 8, 10, 12, 14, 16, 18, 20, 23)
 
 
 def training_batches(
@@ -136,7 +136,7 @@ def training_batches(
     if shuffle:
         dataset = batching.group_by_length(
             dataset,
-            lambda inputs, caption: batching.word_count(caption),
+            lambda inputs, caption: batching.token_count(caption),
             LENGTH_BUCKETS,
             batch_size,
         )
