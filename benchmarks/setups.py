@@ -10,7 +10,7 @@ Data:
 - `shapes`: the built-in shapes captions (64 px, an 8x8 region grid; generated once into
   `BENCH_DATA_DIR`); optionally 224 px with a MobileNetV3-Small backbone (random weights).
 - `chatterbot`: the English ChatterBot corpus (replies of 1 to ~60 words, bucketed by length).
-- `synthetic30`: the `reverse` task with every prompt and reply 30 words from 1000 words.
+- `synthetic30`: the `reverse` task: 1024 pairs, every prompt and reply 30 words from 1000.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Size:
 FULL = Size(embedding_dim=256, units=512, batch_size=64, num_images=2048, encoder_units=256)
 QUICK = Size(embedding_dim=16, units=32, batch_size=8, num_images=64, encoder_units=16)
 
-SYNTHETIC30 = "reverse:num=2048,min_len=30,max_len=30,vocab_size=1000"
+SYNTHETIC30 = "reverse:num=1024,min_len=30,max_len=30,vocab_size=1000"
 
 
 def set_precision(policy: str) -> None:
@@ -75,8 +75,11 @@ def chatbot_config(size: Size, data: str, **overrides):
     )
 
 
-def _full_batches(dataset, batch_size: int, count: int) -> list:
-    """The first `count` batches of exactly `batch_size` rows, cycling through the dataset."""
+def _full_batches(dataset, batch_size: int, count: int | None) -> list:
+    """The first `count` batches of exactly `batch_size` rows, cycling through the dataset;
+    with `count=None`, every batch of one epoch, part-filled ones included."""
+    if count is None:
+        return list(dataset)
     chosen = []
     while len(chosen) < count:
         before = len(chosen)
@@ -91,7 +94,8 @@ def _full_batches(dataset, batch_size: int, count: int) -> list:
 
 
 def ours_captioner(size: Size, image_size=64, encoder="small_cnn", count=8, seed=0, **overrides):
-    """(model, batches, config) for the captioner on the shapes data."""
+    """(model, batches, config) for the captioner on the shapes data (`count`: see
+    `_full_batches`)."""
     from training import train_captioner as tc
 
     config = captioner_config(size, image_size, encoder, seed=seed, **overrides)
@@ -113,7 +117,8 @@ def chatbot_pairs(data: str, size: Size):
 
 
 def ours_chatbot(size: Size, data="chatterbot", count=8, seed=0, **overrides):
-    """(model, batches, config) for the chatbot on `data` (`chatterbot` or `synthetic30`)."""
+    """(model, batches, config) for the chatbot on `data` (`chatterbot` or `synthetic30`;
+    `count`: see `_full_batches`)."""
     from shared.text import Vocabulary
     from training import train_chatbot as tb
 

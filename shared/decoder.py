@@ -138,7 +138,10 @@ class AttentionDecoder(keras.layers.Layer):
         )
         self.input_dropout = keras.layers.Dropout(dropout, name="input_dropout")
         self.output_dropout = keras.layers.Dropout(dropout, name="output_dropout")
-        self.output_projection = keras.layers.Dense(vocabulary_size, name="output_projection")
+        # float32 logits under mixed precision: the softmax over a large vocabulary needs it.
+        self.output_projection = keras.layers.Dense(
+            vocabulary_size, dtype="float32", name="output_projection"
+        )
 
     @property
     def _states_per_layer(self) -> int:

@@ -73,8 +73,15 @@ class CaptionerConfig:
     )
     jit_compile: bool = setting(
         False,
-        "compile each training step with XLA (benchmarks/README.md: about 2x for the chatbot "
-        "at units 512 on a CPU, slower for the captioner's CNN; compiles once per batch shape)",
+        "compile each training step with XLA (benchmarks/README.md measures it: within about "
+        "10 %% of the default on a 2-core CPU; compiles once per batch shape)",
+    )
+    precision: str = setting(
+        "float32",
+        "float32 | mixed_bfloat16 (bfloat16 products, float32 weights and logits): for GPUs, "
+        "TPUs and CPUs with bf16 instructions (AMX, AVX-512 BF16); slower on other CPUs, "
+        "see benchmarks/README.md",
+        ("float32", "mixed_bfloat16"),
     )
     # === Evaluation ===
     beam_size: int = setting(3, "beam size for the beam-search evaluation")

@@ -148,6 +148,7 @@ def train(config: ChatbotConfig, overwrite: bool = False, evaluate: bool = True)
     from training import evaluate_chatbot  # evaluation imports plotting; load it only here
 
     strategy = distribute.make_strategy(config.strategy, config.devices)  # before other TF work
+    keras.mixed_precision.set_global_policy(config.precision)  # before any layer is built
     print(distribute.describe(strategy))
     keras.utils.set_random_seed(config.seed)
     chief = distribute.is_chief(strategy)

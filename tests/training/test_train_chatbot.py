@@ -489,3 +489,44 @@ def test_demo_serves_the_trained_export(trained, served):
             assert texts(history) == [("user", prompt), ("assistant", reply or app.EMPTY_REPLY)]
     finally:
         demo.close()
+
+
+def bfloat16_ops(export) -> int:
+    """How many ops of the export's `reply` functions compute in bfloat16."""
+    library = export.signatures["reply"].graph.as_graph_def().library
+    bf16 = tf.bfloat16.as_datatype_enum
+    return sum(
+        any(value.type == bf16 for value in node.attr.values())
+        for function in library.function
+        for node in function.node_def
+    )
+
+
+def test_mixed_bfloat16_trains_and_exports_a_servable_model(trained, tmp_path):
+    """`--precision mixed_bfloat16` computes in bf16 (the export too) and still replies."""
+    config = ChatbotConfig(
+        run_dir=str(tmp_path / "run"), precision="mixed_bfloat16", **TINY_SETTINGS
+    )
+    process = run_module("training.train_chatbot", command_line(config))
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == (
+        "mixed_bfloat16"
+    )
+    history = history_column(tmp_path / "run", "loss")
+    assert history and all(np.isfinite(float(loss)) for loss in history)
+
+    export = tf.saved_model.load(str(tmp_path / "run" / "export" / EXPORT_NAME / "1"))
+    assert bfloat16_ops(export) > 0
+    assert bfloat16_ops(tf.saved_model.load(str(version_dir(trained)))) == 0
+    for beam_size in (1, 3):
+        outputs = export.reply(
+            text=tf.constant(PROMPTS),
+            beam_size=tf.constant(beam_size),
+            temperature=tf.constant(0.0),
+            top_k=tf.constant(0),
+            top_p=tf.constant(1.0),
+            seed=tf.constant(0),
+        )
+        assert outputs["reply"].shape == (len(PROMPTS),)
+        assert outputs["score"].dtype == tf.float32
+        assert np.all(np.isfinite(outputs["score"].numpy()))
