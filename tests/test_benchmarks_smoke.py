@@ -56,3 +56,16 @@ def test_benchmark_runs_quick_and_writes_json(tmp_path, name):
     assert rows, result
     failed = [row for row in rows if "error" in row]
     assert not failed, failed
+
+
+@pytest.mark.slow
+def test_decoder_levers_compare_the_same_computation(tmp_path):
+    """Each lever is measured against a variant that computes the same loss from the same
+    weights, so its speed difference is the lever's alone."""
+    rows = run_quick("levers", tmp_path)["rows"]
+    assert not [row for row in rows if "error" in row]
+    for app in ("captioner", "chatbot"):
+        for family in ("bahdanau", "luong"):
+            losses = [r["loss_step0"] for r in rows if r["app"] == app and family in r["variant"]]
+            assert len(losses) >= 2
+            assert losses == pytest.approx([losses[0]] * len(losses), rel=1e-5), (app, family)

@@ -1,0 +1,165 @@
+"""Decoder-loop levers, measured one at a time: the teacher-forced training step of the decoder
+alone (forward, backward, Adam update), at embedding 256, units 512, batch 64.
+
+Memories like the two applications': `captioner` 64 regions of 128 features and captions of 24
+tokens (vocabulary 60); `chatbot` 30 positions of 512 and replies of 31 tokens (vocabulary
+1003). Variants:
+
+- `bahdanau`: ours (`shared/decoder.py`): keys once per input, Keras's `LSTMCell` every step.
+- `bahdanau, hoisted`: the same math with the tokens' share of the LSTM input product done
+  for all steps before the loop, and the two products of s_{t-1} (the cell's recurrent one and
+  the attention query) merged into one. Defined here; it did not win, so it is not in ours.
+- `bahdanau + jit_compile`: ours with the whole step compiled by XLA.
+- `luong, stepwise` / `luong, batched`: Luong placement with general attention and no input
+  feeding, attention inside the loop vs ours (cells first, then attention for all steps in
+  one batched product).
+
+    python -m benchmarks.levers            # about 3 minutes
+    python -m benchmarks.levers --quick
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+
+from benchmarks import common
+
+NAME = "levers"
+VARIANTS = (
+    "bahdanau",
+    "bahdanau, hoisted",
+    "bahdanau + jit_compile",
+    "luong, stepwise",
+    "luong, batched",
+)
+SHAPES = {  # memory positions, memory size, target steps, vocabulary
+    "captioner": (64, 128, 24, 60),
+    "chatbot": (30, 512, 31, 1003),
+}
+
+
+def specs(quick: bool) -> list[dict]:
+    return [
+        {"label": f"{app}: {variant}", "app": app, "variant": variant, "quick": quick}
+        for app in SHAPES
+        for variant in VARIANTS
+    ]
+
+
+def hoisted_scan(self, embedded, state, memory_context):
+    """`AttentionDecoder._scan` for one LSTM layer and additive attention, rearranged."""
+    import tensorflow as tf
+
+    cell, attention = self.cells[0], self.attention
+    size = 4 * self.units
+    token_kernel = cell.kernel[: self.embedding_dim]
+    context_kernel = cell.kernel[self.embedding_dim :]
+    token_part = tf.einsum("bte,eg->btg", embedded, token_kernel) + cell.bias
+    state_kernel = tf.concat([cell.recurrent_kernel, attention.query_projection.kernel], axis=1)
+    energy = attention.energy.kernel[:, 0]
+    memory, keys, mask = (memory_context[k] for k in ("memory", "keys", "mask"))
+
+    def step(token_part_t, state):
+        h, c = state["cells"][0]
+        both = tf.matmul(h, state_kernel)
+        hidden = tf.tanh(keys + both[:, None, size:])
+        scores = tf.where(mask, tf.linalg.matvec(hidden, energy), -1e9)
+        weights = tf.nn.softmax(scores) * tf.cast(mask, scores.dtype)
+        context = tf.linalg.matvec(memory, weights, transpose_a=True)
+        z = token_part_t + both[:, :size] + tf.matmul(context, context_kernel)
+        i, f, g, o = tf.split(z, 4, axis=-1)
+        c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+        h = tf.sigmoid(o) * tf.tanh(c)
+        return tf.concat([h, context], -1), weights, {"cells": [[h, c]]}
+
+    return self._over_time(step, token_part, state)
+
+
+def stepwise_scan(self, embedded, state, memory_context):
+    """`_scan` with attention inside the loop for every placement (no batched Luong path)."""
+    return self._over_time(
+        lambda x, state: self._step_features(x, state, memory_context), embedded, state
+    )
+
+
+def measure(spec: dict) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from shared.decoder import AttentionDecoder
+
+    positions, memory_dim, steps, vocabulary = SHAPES[spec["app"]]
+    batch, embedding, units, repeats = 64, 256, 512, 10
+    if spec["quick"]:
+        positions, memory_dim, steps, vocabulary = 5, 8, 6, 20
+        batch, embedding, units, repeats = 4, 8, 16, 2
+    variant = spec["variant"]
+    keras.utils.set_random_seed(0)
+    options = {}
+    if variant.startswith("luong"):
+        options = {"attention": "general", "placement": "luong", "input_feeding": False}
+    decoder = AttentionDecoder(vocabulary, embedding, units, **options)
+    rng = np.random.default_rng(0)
+    memory = tf.constant(rng.normal(size=(batch, positions, memory_dim)).astype("float32"))
+    targets = tf.constant(rng.integers(1, vocabulary, size=(batch, steps)).astype("int32"))
+    labels = tf.constant(rng.integers(1, vocabulary, size=(batch, steps)).astype("int32"))
+    decoder(targets, memory)
+    if variant == "bahdanau, hoisted":
+        decoder._scan = types.MethodType(hoisted_scan, decoder)
+    if variant == "luong, stepwise":
+        decoder._scan = types.MethodType(stepwise_scan, decoder)
+    optimizer = keras.optimizers.Adam(1e-3)
+    optimizer.build(decoder.trainable_variables)
+
+    @tf.function(jit_compile=variant.endswith("jit_compile"))
+    def train_step():
+        with tf.GradientTape() as tape:
+            logits, _ = decoder(targets, memory, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        gradients = tape.gradient(loss, decoder.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, decoder.trainable_variables))
+        return loss
+
+    first_loss = float(train_step())  # traces; the loss before any update
+    stats = common.time_calls(lambda: float(train_step()), repeats=repeats, warmup=1)
+    return {**stats, "loss_step0": first_loss}
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Each row's p50 against its app's `bahdanau` (ours, the default) row."""
+    base = {r["app"]: r.get("p50_ms") for r in rows if r["variant"] == "bahdanau"}
+    for row in rows:
+        if row.get("p50_ms") and base.get(row["app"]):
+            row["vs_ours"] = base[row["app"]] / row["p50_ms"]
+
+
+COLUMNS = [
+    ("label", "decoder: variant", ""),
+    ("p50_ms", "step ms p50", ".0f"),
+    ("p95_ms", "step ms p95", ".0f"),
+    ("vs_ours", "speed vs bahdanau (ours)", ".2f"),
+    ("loss_step0", "loss step 0", ".5f"),
+]
+
+
+def main(argv=None) -> None:
+    args = common.parser(__doc__).parse_args(argv)
+    if args.worker:
+        import json
+
+        common.worker_reply(measure(json.loads(args.worker)))
+        return
+    rows = common.run_specs(
+        "benchmarks." + NAME, specs(args.quick), measure, isolate=not args.quick
+    )
+    add_ratios(rows)
+    print(common.table(rows, COLUMNS))
+    print(common.errors(rows))
+    path = common.write_results(NAME, args.out, args.quick, {"rows": rows})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
