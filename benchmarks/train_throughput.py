@@ -197,15 +197,17 @@ COLUMNS = [
 def main(argv=None) -> None:
     p = common.parser(__doc__)
     p.add_argument("--mobilenet", action="store_true", help="add 224 px MobileNetV3-Small rows")
+    p.add_argument("--data", action="append", help="only these data rows (repeatable): shapes, …")
     args = p.parse_args(argv)
     if args.worker:
         import json
 
         common.worker_reply(measure(json.loads(args.worker)))
         return
-    rows = common.run_specs(
-        "benchmarks." + NAME, specs(args.quick, args.mobilenet), measure, isolate=not args.quick
-    )
+    chosen = [
+        s for s in specs(args.quick, args.mobilenet) if not args.data or s["data"] in args.data
+    ]
+    rows = common.run_specs("benchmarks." + NAME, chosen, measure, isolate=not args.quick)
     add_ratios(rows)
     print(common.table(rows, COLUMNS))
     print(common.errors(rows))

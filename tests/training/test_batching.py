@@ -21,7 +21,7 @@ def real_lengths(ids) -> list[int]:
 def test_group_by_length_puts_each_element_in_its_bucket_once():
     words = [" ".join(["w"] * n) for n in [1, 9, 2, 12, 3, 30, 5, 11, 7, 8, 4, 40]]
     dataset = tf.data.Dataset.from_tensor_slices(words)
-    batches = batching.group_by_length(dataset, batching.token_count, (4, 10), batch_size=3)
+    batches = batching.group_by_length(dataset, batching.word_count, (4, 10), batch_size=3)
     seen = []
     for batch in batches.as_numpy_iterator():
         counts = [len(text.split()) for text in batch]
