@@ -73,8 +73,8 @@ class CaptionerConfig:
     )
     jit_compile: bool = setting(
         False,
-        "compile each training step with XLA (benchmarks/README.md: on a 2-core CPU as fast as "
-        "the default for the chatbot, 20 %% slower for the captioner; compiles per batch shape)",
+        "compile each training step with XLA (benchmarks/README.md: on a 2-core CPU 1.4x for "
+        "the chatbot, 20 %% slower for the captioner; compiles once per batch shape)",
     )
     precision: str = setting(
         "float32",
