@@ -118,7 +118,7 @@ def measure_app(app: str, quick: bool) -> list[dict]:
     base = setups.baseline_of(model, {**core_inputs(1), "decoder_inputs": tf.ones([1, 1], "int32")})
 
     big = 2 if quick else 32
-    repeats = {1: 1 if quick else 10, big: 1 if quick else 4}
+    repeats = {1: 1 if quick else 20, big: 1 if quick else 4}
     warmup = 1 if quick else 2
     rows = []
     for n in (1, big):

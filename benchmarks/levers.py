@@ -13,6 +13,9 @@ tokens (vocabulary 60); `chatbot` 30 positions of 512 and replies of 31 tokens (
 - `luong, stepwise` / `luong, batched`: Luong placement with general attention and no input
   feeding, attention inside the loop vs ours (cells first, then attention for all steps in
   one batched product).
+- `mixed lengths, …`: bahdanau on targets whose rows have random lengths from 1 to the full
+  length (the other rows have none): every row run to the batch's last step vs ours, packed
+  (each step only on the rows still going, `AttentionDecoder._scan`).
 
     python -m benchmarks.levers            # about 3 minutes
     python -m benchmarks.levers --quick
@@ -33,6 +36,8 @@ VARIANTS = (
     "bahdanau + jit_compile",
     "luong, stepwise",
     "luong, batched",
+    "mixed lengths, every row to the end",
+    "mixed lengths, packed",
 )
 SHAPES = {  # memory positions, memory size, target steps, vocabulary
     "captioner": (64, 128, 24, 60),
@@ -48,8 +53,9 @@ def specs(quick: bool) -> list[dict]:
     ]
 
 
-def hoisted_scan(self, embedded, state, memory_context):
-    """`AttentionDecoder._scan` for one LSTM layer and additive attention, rearranged."""
+def hoisted_scan(self, embedded, lengths, state, memory_context):
+    """`AttentionDecoder._scan` for one LSTM layer and additive attention, rearranged (every
+    row runs every step: the levers' targets have no padding)."""
     import tensorflow as tf
 
     cell, attention = self.cells[0], self.attention
@@ -61,7 +67,7 @@ def hoisted_scan(self, embedded, state, memory_context):
     energy = attention.energy.kernel[:, 0]
     memory, keys, mask = (memory_context[k] for k in ("memory", "keys", "mask"))
 
-    def step(token_part_t, state):
+    def step(token_part_t, state, _):
         h, c = state["cells"][0]
         both = tf.matmul(h, state_kernel)
         hidden = tf.tanh(keys + both[:, None, size:])
@@ -74,14 +80,19 @@ def hoisted_scan(self, embedded, state, memory_context):
         h = tf.sigmoid(o) * tf.tanh(c)
         return tf.concat([h, context], -1), weights, {"cells": [[h, c]]}
 
-    return self._over_time(step, token_part, state)
+    return self._over_time(step, token_part, None, state)
 
 
-def stepwise_scan(self, embedded, state, memory_context):
+def stepwise_scan(self, embedded, lengths, state, memory_context):
     """`_scan` with attention inside the loop for every placement (no batched Luong path)."""
     return self._over_time(
-        lambda x, state: self._step_features(x, state, memory_context), embedded, state
+        lambda x, state, _: self._step_features(x, state, memory_context), embedded, None, state
     )
+
+
+def unpacked_scan(self, embedded, lengths, state, memory_context):
+    """`_scan` with every row run to the batch's last step (what XLA gets)."""
+    return type(self)._scan(self, embedded, None, state, memory_context)
 
 
 def measure(spec: dict) -> dict:
@@ -89,6 +100,7 @@ def measure(spec: dict) -> dict:
     import tensorflow as tf
 
     from shared.decoder import AttentionDecoder
+    from shared.metrics import MaskedCrossEntropy
 
     positions, memory_dim, steps, vocabulary = SHAPES[spec["app"]]
     batch, embedding, units, repeats = 64, 256, 512, 10
@@ -103,13 +115,21 @@ def measure(spec: dict) -> dict:
     decoder = AttentionDecoder(vocabulary, embedding, units, **options)
     rng = np.random.default_rng(0)
     memory = tf.constant(rng.normal(size=(batch, positions, memory_dim)).astype("float32"))
-    targets = tf.constant(rng.integers(1, vocabulary, size=(batch, steps)).astype("int32"))
-    labels = tf.constant(rng.integers(1, vocabulary, size=(batch, steps)).astype("int32"))
+    targets = rng.integers(1, vocabulary, size=(batch, steps)).astype("int32")
+    labels = rng.integers(1, vocabulary, size=(batch, steps)).astype("int32")
+    if variant.startswith("mixed lengths"):
+        lengths = rng.integers(1, steps + 1, size=batch)
+        lengths[0] = steps
+        labels[np.arange(steps)[None, :] >= lengths[:, None]] = 0
+        targets[labels == 0] = 0
+    targets, labels = tf.constant(targets), tf.constant(labels)
     decoder(targets, memory)
     if variant == "bahdanau, hoisted":
         decoder._scan = types.MethodType(hoisted_scan, decoder)
     if variant == "luong, stepwise":
         decoder._scan = types.MethodType(stepwise_scan, decoder)
+    if variant == "mixed lengths, every row to the end":
+        decoder._scan = types.MethodType(unpacked_scan, decoder)
     optimizer = keras.optimizers.Adam(1e-3)
     optimizer.build(decoder.trainable_variables)
 
@@ -117,7 +137,7 @@ def measure(spec: dict) -> dict:
     def train_step():
         with tf.GradientTape() as tape:
             logits, _ = decoder(targets, memory, training=True)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+            loss = MaskedCrossEntropy()(labels, logits)
         gradients = tape.gradient(loss, decoder.trainable_variables)
         optimizer.apply_gradients(zip(gradients, decoder.trainable_variables))
         return loss
@@ -128,18 +148,24 @@ def measure(spec: dict) -> dict:
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """Each row's p50 against its app's `bahdanau` (ours, the default) row."""
-    base = {r["app"]: r.get("p50_ms") for r in rows if r["variant"] == "bahdanau"}
+    """Each row's p50 against its app's `bahdanau` (ours, the default) row; the mixed-length
+    rows against `mixed lengths, every row to the end`."""
     for row in rows:
-        if row.get("p50_ms") and base.get(row["app"]):
-            row["vs_ours"] = base[row["app"]] / row["p50_ms"]
+        reference = "bahdanau"
+        if row["variant"].startswith("mixed lengths"):
+            reference = "mixed lengths, every row to the end"
+        base = [
+            r.get("p50_ms") for r in rows if (r["app"], r["variant"]) == (row["app"], reference)
+        ]
+        if row.get("p50_ms") and base and base[0]:
+            row["vs_ours"] = base[0] / row["p50_ms"]
 
 
 COLUMNS = [
     ("label", "decoder: variant", ""),
     ("p50_ms", "step ms p50", ".0f"),
     ("p95_ms", "step ms p95", ".0f"),
-    ("vs_ours", "speed vs bahdanau (ours)", ".2f"),
+    ("vs_ours", "speed vs bahdanau (ours) / vs every row to the end", ".2f"),
     ("loss_step0", "loss step 0", ".5f"),
 ]
 

@@ -231,6 +231,17 @@ def tutorial_batches(batch_list, longest: dict[str, int], seed=0) -> list:
     ]
 
 
+def cut_to_longest(inputs: dict, labels):
+    """One batch with every sequence cut to the batch's longest row (as our pipelines do)."""
+    from training import batching
+
+    inputs = dict(inputs)
+    inputs["decoder_inputs"], labels = batching.cut_to_longest(inputs["decoder_inputs"], labels)
+    if "source" in inputs:
+        inputs["source"] = inputs["source"][:, : batching.longest_row(inputs["source"])]
+    return inputs, labels
+
+
 def real_tokens(labels) -> int:
     return int(tf.reduce_sum(tf.cast(labels != 0, tf.int32)))
 

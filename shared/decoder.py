@@ -17,7 +17,9 @@ every layer's initial state (Xu et al.'s f_init), unless the caller passes an in
 
 Two entry points share every weight: `call` (teacher forcing, all steps in one graph loop, for
 training) and `step` (one token, for search). `prepare_memory` computes the attention keys once
-per input; both entry points reuse them at every step.
+per input; both entry points reuse them at every step. `call` skips the padding of a batch of
+mixed lengths: each step runs only on the rows still going (packed sequences), and the
+vocabulary projection only at real positions.
 """
 
 from __future__ import annotations
@@ -274,12 +276,36 @@ class AttentionDecoder(keras.layers.Layer):
         if initial_state is None:
             initial_state = self.initial_state(memory_context)
         embedded = self.input_dropout(self.embedding(targets), training=training)
-        features, weights, _ = self._scan(embedded, initial_state, memory_context)
-        logits = self.output_projection(self.output_dropout(features, training=training))
+        real = ops.not_equal(targets, 0)
+        # XLA needs static shapes, so under `jit_compile` every row runs to the end instead.
+        packed = not _compiling_with_xla()
+        lengths = ops.sum(ops.cast(real, "int32"), axis=1) if packed else None
+        features, weights, _ = self._scan(embedded, lengths, initial_state, memory_context)
+        features = self.output_dropout(features, training=training)
+        if not packed:
+            return self.output_projection(features), weights
+        # The vocabulary projection costs about as much as a cell step: only real positions
+        # pay for it. Padding positions get logits of zero, which the masked loss skips.
+        positions = tf.where(real)
+        real_logits = self.output_projection(tf.gather_nd(features, positions))
+        logits = tf.scatter_nd(
+            positions,
+            real_logits,
+            tf.concat([tf.shape(targets, out_type=tf.int64), [self.vocabulary_size]], 0),
+        )
+        logits.set_shape(tuple(targets.shape) + (self.vocabulary_size,))
         return logits, weights
 
-    def _scan(self, embedded, state, memory_context):
+    def _scan(self, embedded, lengths, state, memory_context):
         """Features `(batch, T, F)`, weights `(batch, T, S)` and the last state for all steps.
+
+        Packed sequences (`lengths`, real tokens per row, given): step t runs only on the rows
+        that are still going. With the rows sorted longest first, those are the first
+        `active[t]` rows, so in a batch of mixed lengths the work follows the real tokens, not
+        the longest row (PyTorch's packed sequences). Rows that have ended keep their state
+        and get zero features and weights; at the real positions everything equals running
+        every row to the end, since the extra steps only ever feed padding positions.
+        `lengths=None`: every row runs every step (for XLA).
 
         Every placement runs `_step_features` once per step, except Luong without input
         feeding: there attention reads only the new state h_t, so the cells run over all steps
@@ -287,9 +313,17 @@ class AttentionDecoder(keras.layers.Layer):
         measured in benchmarks/README.md; `test_decoder.py` checks it against `step`). The
         output projection is applied afterwards to all steps at once.
         """
+        steps = tf.shape(embedded)[1]
+        active = order = None
+        if lengths is not None:
+            order = tf.argsort(lengths, direction="DESCENDING", stable=True)
+            embedded, state, memory_context, lengths = tf.nest.map_structure(
+                lambda x: tf.gather(x, order), (embedded, state, memory_context, lengths)
+            )
+            active = tf.reduce_sum(tf.cast(lengths[None, :] > tf.range(steps)[:, None], "int32"), 1)
         if self.placement == "luong" and not self.input_feeding:
             outputs, _, state = self._over_time(
-                self._cells_step, embedded, state, with_weights=False
+                self._cells_step, embedded, active, state, with_weights=False
             )
             context, weights = self.attention(
                 outputs,
@@ -298,33 +332,55 @@ class AttentionDecoder(keras.layers.Layer):
                 memory_mask=memory_context["mask"],
             )
             features = self.attentional(ops.concatenate([context, outputs], axis=-1))
+            if lengths is not None:  # zero weights after the end, as in the stepwise loop
+                ongoing = tf.range(steps)[None, :] < lengths[:, None]
+                weights = weights * tf.cast(ongoing, weights.dtype)[:, :, None]
+        else:
+            features, weights, state = self._over_time(
+                lambda x, state, n: self._step_features(x, state, _first(memory_context, n)),
+                embedded,
+                active,
+                state,
+            )
+        if order is None:
             return features, weights, state
-        return self._over_time(
-            lambda x, state: self._step_features(x, state, memory_context), embedded, state
-        )
+        back = tf.argsort(order)  # the inverse permutation: the caller's row order
+        return tf.nest.map_structure(lambda x: tf.gather(x, back), (features, weights, state))
 
-    def _cells_step(self, cell_input, state):
+    def _cells_step(self, cell_input, state, n):
         output, cells = self._run_cells(cell_input, state["cells"])
         return output, None, {"cells": cells}
 
-    def _over_time(self, step, inputs, state, with_weights=True):
-        """Runs `step(inputs_t, state) -> (features, weights, state)` for every t of `inputs`
-        `(batch, T, …)` inside the graph (a `tf.while_loop`).
+    def _over_time(self, step, inputs, active, state, with_weights=True):
+        """Runs `step(inputs_t, state, n) -> (features, weights, state)` for every t of `inputs`
+        `(batch, T, …)` inside the graph (a `tf.while_loop`), on the first `n = active[t]` rows
+        of `inputs_t` and `state`; the other rows keep their state and get zero outputs.
+        `active=None`: every row, every step (`n` is None).
 
         Returns the features `(batch, T, F)`, the weights `(batch, T, S)` (None without
         `with_weights`, for steps that give none) and the last state.
         """
-        steps = tf.shape(inputs)[1]
+        steps, batch = tf.shape(inputs)[1], tf.shape(inputs)[0]
         inputs_by_time = tf.TensorArray(inputs.dtype, size=steps)
         inputs_by_time = inputs_by_time.unstack(tf.transpose(inputs, [1, 0, 2]))
         kept = 2 if with_weights else 1  # features, and weights
         outputs_by_time = [tf.TensorArray(self.compute_dtype, size=steps) for _ in range(kept)]
 
         def body(t, state, outputs_by_time):
-            *outputs, state = step(inputs_by_time.read(t), state)
+            if active is None:
+                *outputs, state = step(inputs_by_time.read(t), state, None)
+            else:
+                n = active[t]
+                # At least one row: cells refuse empty batches (steps past every row's end).
+                run = tf.maximum(n, 1)
+                *outputs, new_state = step(
+                    _first(inputs_by_time.read(t), run), _first(state, run), run
+                )
+                state = tf.nest.map_structure(_with_first, _first(new_state, n), state)
+                outputs = [tf.pad(out[:n], [[0, batch - n], [0, 0]]) for out in outputs[:kept]]
             outputs_by_time = [
                 array.write(t, tf.cast(output, self.compute_dtype))
-                for array, output in zip(outputs_by_time, outputs)
+                for array, output in zip(outputs_by_time, outputs[:kept])
             ]
             return t + 1, state, outputs_by_time
 
@@ -351,3 +407,24 @@ class AttentionDecoder(keras.layers.Layer):
             "input_feeding": self.input_feeding,
             "attention_units": self.attention_units,
         }
+
+
+def _compiling_with_xla() -> bool:
+    """True while a `tf.function(jit_compile=True)` (Keras `jit_compile`) is being traced."""
+    from tensorflow.python.ops import control_flow_util  # no public equivalent
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _first(structure, n):
+    """The first `n` rows of every tensor of `structure` (all of them when `n` is None)."""
+    if n is None:
+        return structure
+    return tf.nest.map_structure(lambda x: x[:n], structure)
+
+
+def _with_first(first, whole):
+    """`whole` with its first rows replaced by `first` (same static shape as `whole`)."""
+    merged = tf.concat([tf.cast(first, whole.dtype), whole[tf.shape(first)[0] :]], axis=0)
+    merged.set_shape(whole.shape)
+    return merged

@@ -65,7 +65,7 @@ def test_decoder_levers_compare_the_same_computation(tmp_path):
     rows = run_quick("levers", tmp_path)["rows"]
     assert not [row for row in rows if "error" in row]
     for app in ("captioner", "chatbot"):
-        for family in ("bahdanau", "luong"):
+        for family in ("bahdanau", "luong", "mixed lengths"):
             losses = [r["loss_step0"] for r in rows if r["app"] == app and family in r["variant"]]
             assert len(losses) >= 2
             assert losses == pytest.approx([losses[0]] * len(losses), rel=1e-5), (app, family)

@@ -1,10 +1,12 @@
 """Batches by length: sequences of similar length together, each batch cut to its longest row.
 
-A decoder pays for every time step of a batch, padding included, and the masked loss then throws
-the padding away. Padding every sequence to the longest of the corpus (the usual tutorial way)
-makes a batch of four-word replies cost as much as one of sixty words. Grouping by length and
-cutting each batch to its longest row removes that waste without changing the loss: the loss is
-a mean over real tokens, so the same examples give the same loss, cut or not.
+A recurrent loop runs up to the longest row of its batch. The decoder skips rows that have
+ended (`shared/decoder.py`, packed sequences) but still pays a fixed cost per step; the encoder
+(Keras's LSTM) pays for every row at every step. Padding every sequence to the longest of the
+corpus (the usual tutorial way) makes a batch of four-word replies cost close to one of sixty
+words. Cutting each batch to its longest row, and grouping by length so that rows of a batch
+end together, removes that waste without changing the loss: the loss is a mean over real
+tokens, so the same examples give the same loss, cut or not.
 """
 
 from __future__ import annotations

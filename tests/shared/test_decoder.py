@@ -22,10 +22,15 @@ PLACEMENTS = [
 PLACEMENT_IDS = ["bahdanau", "luong-input-feeding", "luong", "init_state", "every_step"]
 
 
+TARGET_LENGTHS = [2, 4, 3]  # not sorted: the decoder sorts rows by length internally
+
+
 def random_inputs(seed: int):
-    """Targets `(B, T)`, memory `(B, S, D)` and a mask whose rows have 5, 3 and 1 positions."""
+    """Targets `(B, T)` whose rows have 2, 4 and 3 tokens (then padding), memory `(B, S, D)`
+    and a mask whose rows have 5, 3 and 1 positions."""
     rng = np.random.default_rng(seed)
     targets = rng.integers(1, VOCAB, size=(BATCH, STEPS)).astype("int32")
+    targets[np.arange(STEPS)[None, :] >= np.array(TARGET_LENGTHS)[:, None]] = 0
     memory = rng.normal(size=(BATCH, SOURCE_LEN, MEMORY_DIM)).astype("float32")
     mask = np.arange(SOURCE_LEN)[None, :] < np.array([SOURCE_LEN, 3, 1])[:, None]
     return targets, memory, mask
@@ -42,6 +47,12 @@ def make_decoder(seed: int = 0, **kwargs) -> AttentionDecoder:
         [rng.normal(scale=0.5, size=w.shape).astype("float32") for w in decoder.get_weights()]
     )
     return decoder
+
+
+def assert_same_at_real_positions(targets, actual, expected):
+    """`call` stops each row at its last token; `step` runs on into the padding."""
+    real = targets != 0
+    np.testing.assert_allclose(np.asarray(actual)[real], np.asarray(expected)[real], **TOLERANCE)
 
 
 def run_steps(decoder, targets, memory, mask, initial_state=None):
@@ -73,13 +84,16 @@ def test_teacher_forcing_equals_step_by_step(attention, placement, input_feeding
 
     assert tuple(logits.shape) == (BATCH, STEPS, VOCAB)
     assert tuple(weights.shape) == (BATCH, STEPS, SOURCE_LEN)
-    np.testing.assert_allclose(logits, step_logits, **TOLERANCE)
-    np.testing.assert_allclose(weights, step_weights, **TOLERANCE)
+    real = targets != 0  # rows end early: `call` stops them, `step` runs on
+    assert not real.all()
+    np.testing.assert_allclose(np.asarray(logits)[real], step_logits[real], **TOLERANCE)
     weights = keras.ops.convert_to_numpy(weights)
+    np.testing.assert_allclose(weights[real], step_weights[real], **TOLERANCE)
+    assert np.all(weights[~real] == 0.0)
     if attention == "none":
         assert np.all(weights == 0.0)
     else:
-        np.testing.assert_allclose(weights.sum(axis=-1), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(weights[real].sum(axis=-1), 1.0, rtol=1e-5)
         assert np.all(weights[np.broadcast_to(~mask[:, None, :], weights.shape)] == 0.0)
 
 
@@ -95,8 +109,10 @@ def test_teacher_forcing_has_the_step_by_step_gradients(attention, placement, in
     projection = tf.constant(np.random.default_rng(3).normal(size=(VOCAB,)).astype("float32"))
     variables = decoder.trainable_variables
 
+    real = tf.cast(targets != 0, "float32")[:, :, None]  # the loss reads real positions only
     with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(decoder(targets, memory, memory_mask=mask)[0] * projection)
+        logits = decoder(targets, memory, memory_mask=mask)[0]
+        loss = tf.reduce_sum(logits * projection * real)
     fast = tape.gradient(loss, variables)
     with tf.GradientTape() as tape:
         memory_context = decoder.prepare_memory(memory, mask)
@@ -104,7 +120,7 @@ def test_teacher_forcing_has_the_step_by_step_gradients(attention, placement, in
         loss = 0.0
         for t in range(STEPS):
             logits, state, _ = decoder.step(targets[:, t], state, memory_context)
-            loss += tf.reduce_sum(logits * projection)
+            loss += tf.reduce_sum(logits * projection * real[:, t])
     stepwise = tape.gradient(loss, variables)
 
     for variable, a, b in zip(variables, fast, stepwise):
@@ -121,8 +137,8 @@ def test_every_score_works_in_both_attention_placements(score, placement):
     targets, memory, mask = random_inputs(seed=2)
     logits, weights = decoder(targets, memory, memory_mask=mask)
     step_logits, step_weights = run_steps(decoder, targets, memory, mask)
-    np.testing.assert_allclose(logits, step_logits, **TOLERANCE)
-    np.testing.assert_allclose(weights, step_weights, **TOLERANCE)
+    assert_same_at_real_positions(targets, logits, step_logits)
+    assert_same_at_real_positions(targets, weights, step_weights)
 
 
 @pytest.mark.parametrize(("attention", "placement", "input_feeding"), PLACEMENTS, ids=PLACEMENT_IDS)
@@ -169,8 +185,8 @@ def test_an_explicit_initial_state_is_used_by_call_and_step():
     )
     logits, weights = decoder(targets, memory, memory_mask=mask, initial_state=state)
     step_logits, step_weights = run_steps(decoder, targets, memory, mask, initial_state=state)
-    np.testing.assert_allclose(logits, step_logits, **TOLERANCE)
-    np.testing.assert_allclose(weights, step_weights, **TOLERANCE)
+    assert_same_at_real_positions(targets, logits, step_logits)
+    assert_same_at_real_positions(targets, weights, step_weights)
     default_logits, _ = decoder(targets, memory, memory_mask=mask)
     assert not np.allclose(logits, default_logits, atol=1e-3)
 
@@ -191,7 +207,7 @@ def test_dropout_only_acts_in_training():
     targets, memory, mask = random_inputs(seed=9)
     logits, _ = decoder(targets, memory, memory_mask=mask)
     step_logits, _ = run_steps(decoder, targets, memory, mask)
-    np.testing.assert_allclose(logits, step_logits, **TOLERANCE)
+    assert_same_at_real_positions(targets, logits, step_logits)
     training_logits, _ = decoder(targets, memory, memory_mask=mask, training=True)
     assert not np.allclose(logits, training_logits, atol=1e-3)
 
@@ -322,3 +338,29 @@ def test_decoder_inside_a_model_survives_keras_save_and_load(tmp_path):
     assert isinstance(loaded.decoder, AttentionDecoder)
     assert loaded.decoder.get_config() == model.decoder.get_config()
     np.testing.assert_array_equal(loaded((source, targets)), expected)
+
+
+def test_packed_steps_skip_padding_and_xla_runs_every_row_to_the_end():
+    """Eager/graph `call` stops each row at its length (logits of zero at padding); under XLA,
+    which needs static shapes, every row runs every step. Real positions agree."""
+    decoder = make_decoder(seed=13)
+    targets, memory, mask = random_inputs(seed=13)
+    packed, _ = decoder(targets, memory, memory_mask=mask)
+    compiled = tf.function(lambda *args: decoder(*args)[0], jit_compile=True)(targets, memory, mask)
+    padding = targets == 0
+    assert np.all(np.asarray(packed)[padding] == 0.0)
+    assert not np.any(np.asarray(compiled)[padding] == 0.0)
+    assert_same_at_real_positions(targets, compiled, packed)
+
+
+def test_steps_after_every_row_has_ended_and_all_padding_rows_are_fine():
+    """Targets with trailing all-padding columns, and a row that is all padding."""
+    decoder = make_decoder(seed=14)
+    targets, memory, mask = random_inputs(seed=14)
+    targets = np.concatenate([targets, np.zeros((BATCH, 2), "int32")], axis=1)
+    targets[1] = 0
+    logits, weights = decoder(targets, memory, memory_mask=mask)
+    step_logits, _ = run_steps(decoder, targets, memory, mask)
+    assert np.all(np.asarray(logits)[targets == 0] == 0.0)
+    assert np.all(np.asarray(weights)[targets == 0] == 0.0)
+    assert_same_at_real_positions(targets, logits, step_logits)
