@@ -122,7 +122,10 @@ def captioner_baseline(ours):
     trains_cnn = ours.fine_tune or ours.encoder_name == "small_cnn"
 
     def encode(inputs, training):
-        memory = regions(cnn(scaling(inputs["image"]), training=training and trains_cnn))
+        if "features" in inputs:  # a frozen backbone's cached feature maps
+            memory = regions(inputs["features"])
+        else:
+            memory = regions(cnn(scaling(inputs["image"]), training=training and trains_cnn))
         return memory, tf.ones(tf.shape(memory)[:2], tf.bool)
 
     return BaselineModel(encode, _decoder_like(ours), [cnn, regions])

@@ -16,7 +16,9 @@ Data:
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import tensorflow as tf
@@ -93,16 +95,29 @@ def _full_batches(dataset, batch_size: int, count: int | None) -> list:
     return chosen
 
 
-def ours_captioner(size: Size, image_size=64, encoder="small_cnn", count=8, seed=0, **overrides):
+def ours_captioner(
+    size: Size,
+    image_size=64,
+    encoder="small_cnn",
+    count=8,
+    seed=0,
+    cache_features=False,
+    **overrides,
+):
     """(model, batches, config) for the captioner on the shapes data (`count`: see
-    `_full_batches`)."""
+    `_full_batches`). `cache_features`: a frozen backbone's feature maps replace the images,
+    computed once by `training.feature_cache` as `--cache-features true` does."""
     from training import train_captioner as tc
+    from training.feature_cache import cached_features
 
     config = captioner_config(size, image_size, encoder, seed=seed, **overrides)
     keras.utils.set_random_seed(seed)
     train = tc.load_split(config, "train")
     vocabulary = tc.build_vocabulary(config, train)
     model = tc.build_model(config, vocabulary)
+    if cache_features:  # a fresh cache every time, so its cost is part of the setup time
+        folder = Path(tempfile.mkdtemp(prefix="glimpse-bench-features-"))
+        train = cached_features(train, model, folder / "train")
     dataset = tc.training_batches(train, model, size.batch_size, True, seed)
     batch_list = _full_batches(dataset, size.batch_size, count)
     model(batch_list[0][0])  # builds every weight, as the training script does
