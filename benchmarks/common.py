@@ -71,6 +71,26 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict:
     return summarize(seconds)
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict:
+    """Times several functions in turns (a, b, a, b, …), so that a change in the machine's load
+    hits all of them alike; returns `summarize` for each name, plus `paired_ratios`: for every
+    name, the median over the rounds of its time over the first function's time."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    seconds = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+    first = np.asarray(next(iter(seconds.values())))
+    stats = {name: summarize(values) for name, values in seconds.items()}
+    for name, values in seconds.items():
+        stats[name]["paired_ratio"] = float(np.median(np.asarray(values) / first))
+    return stats
+
+
 # === Memory ===
 
 

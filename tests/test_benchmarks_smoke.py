@@ -69,3 +69,19 @@ def test_decoder_levers_compare_the_same_computation(tmp_path):
             losses = [r["loss_step0"] for r in rows if r["app"] == app and family in r["variant"]]
             assert len(losses) >= 2
             assert losses == pytest.approx([losses[0]] * len(losses), rel=1e-5), (app, family)
+
+
+def test_interleaved_timing_calls_in_turns_and_pairs_each_round():
+    """`time_interleaved` alternates the functions (so load changes hit all alike) and gives
+    each one's time relative to the first function's, round by round."""
+    from benchmarks.common import time_interleaved
+
+    calls = []
+    stats = time_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1
+    )
+    assert calls == ["a", "b"] * 4  # one warm-up round, then three timed rounds
+    assert set(stats) == {"a", "b"}
+    assert stats["a"]["n"] == stats["b"]["n"] == 3
+    assert stats["a"]["paired_ratio"] == 1.0
+    assert stats["b"]["paired_ratio"] > 0
