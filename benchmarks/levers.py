@@ -8,7 +8,8 @@ tokens (vocabulary 60); `chatbot` 30 positions of 512 and replies of 31 tokens (
 - `bahdanau`: ours (`shared/decoder.py`): keys once per input, Keras's `LSTMCell` every step.
 - `bahdanau, hoisted`: the same math with the tokens' share of the LSTM input product done
   for all steps before the loop, and the two products of s_{t-1} (the cell's recurrent one and
-  the attention query) merged into one. Defined here; it did not win, so it is not in ours.
+  the attention query) merged into one. Defined here, not (yet) in ours: 1.14-1.35x faster
+  on 2026-12-01, inside the noise on 2026-11-23 (benchmarks/README.md).
 - `bahdanau + jit_compile`: ours with the whole step compiled by XLA.
 - `luong, stepwise` / `luong, batched`: Luong placement with general attention and no input
   feeding, attention inside the loop vs ours (cells first, then attention for all steps in
