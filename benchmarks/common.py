@@ -73,7 +73,7 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict:
 
 def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict:
     """Times several functions in turns (a, b, a, b, …), so that a change in the machine's load
-    hits all of them alike; returns `summarize` for each name, plus `paired_ratios`: for every
+    hits all of them alike; returns `summarize` for each name, plus `paired_ratio`: for every
     name, the median over the rounds of its time over the first function's time."""
     for _ in range(warmup):
         for fn in fns.values():

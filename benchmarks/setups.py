@@ -16,6 +16,7 @@ Data:
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,11 +116,14 @@ def ours_captioner(
     train = tc.load_split(config, "train")
     vocabulary = tc.build_vocabulary(config, train)
     model = tc.build_model(config, vocabulary)
+    folder = None
     if cache_features:  # a fresh cache every time, so its cost is part of the setup time
         folder = Path(tempfile.mkdtemp(prefix="glimpse-bench-features-"))
         train = cached_features(train, model, folder / "train")
     dataset = tc.training_batches(train, model, size.batch_size, True, seed)
     batch_list = _full_batches(dataset, size.batch_size, count)
+    if folder is not None:  # the batches are in memory now
+        shutil.rmtree(folder)
     model(batch_list[0][0])  # builds every weight, as the training script does
     return model, batch_list, config
 

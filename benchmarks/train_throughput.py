@@ -149,8 +149,6 @@ def encoder_step(ours, optimizer):
     speed-up any decoder could give: `× baseline` of this row is that ceiling."""
     import tensorflow as tf
 
-    from benchmarks import setups
-
     layers = [ours.cnn, ours.regions] if hasattr(ours, "cnn") else [ours.encoder]
     variables = [v for layer in layers for v in layer.trainable_variables]
 
@@ -162,7 +160,7 @@ def encoder_step(ours, optimizer):
             elif hasattr(ours, "cnn"):
                 memory = ours.encode(inputs["image"], training=True)
             else:
-                memory, _ = setups.ours_memory(ours, inputs)
+                memory, _ = ours.encoder(inputs["source"], training=True)
             loss = tf.reduce_mean(tf.square(memory))
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
