@@ -17,9 +17,10 @@ every layer's initial state (Xu et al.'s f_init), unless the caller passes an in
 
 Two entry points share every weight: `call` (teacher forcing, all steps in one graph loop, for
 training) and `step` (one token, for search). `prepare_memory` computes the attention keys once
-per input; both entry points reuse them at every step. `call` skips the padding of a batch of
-mixed lengths: each step runs only on the rows still going (packed sequences), and the
-vocabulary projection only at real positions.
+per input; both entry points reuse them at every step. `call` also multiplies every step's
+token by the first cell's kernel before its loop, in one product (`shared.recurrent`), and skips
+the padding of a batch of mixed lengths: each step runs only on the rows still going (packed
+sequences), and the vocabulary projection only at real positions.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from shared import recurrent
 from shared.attention import ATTENTION_SCORES, make_attention, masked_mean
 
 CELLS = {
@@ -123,6 +125,8 @@ class AttentionDecoder(keras.layers.Layer):
         # === Layers ===
         self.embedding = keras.layers.Embedding(vocabulary_size, embedding_dim, name="embedding")
         self.cells = [CELLS[cell](units, name=f"{cell}_{i}") for i in range(num_layers)]
+        for recurrent_cell in self.cells:  # the steps run in `shared.recurrent`, not `cell.call`
+            recurrent.check_supported(recurrent_cell)
         # General attention's keys live in the query's space, so its size is the cell's.
         score_units = units if attention == "general" else self.attention_units
         self.attention = (
@@ -220,13 +224,32 @@ class AttentionDecoder(keras.layers.Layer):
         Returns:
             `(logits (batch, vocabulary_size), new_state, weights (batch, S))`.
         """
-        embedded = self.embedding(tokens)
-        features, weights, state = self._step_features(embedded, state, memory_context)
+        token_part = self._project_tokens(self.embedding(tokens))
+        features, weights, state = self._step_features(
+            token_part, state, memory_context, self._extra_kernel()
+        )
         logits = self.output_projection(self.output_dropout(features, training=training))
         return logits, state, weights
 
-    def _step_features(self, embedded, state, memory_context):
-        """Embedded token `(batch, E)` -> features that predict the next token, weights, state."""
+    def _project_tokens(self, embedded):
+        """The tokens' share of the first cell's input product, `x_t W + b`, for embedded
+        tokens `(batch, [T,] E)`: the rows of its kernel that multiply the token."""
+        first = self.cells[0]
+        return recurrent.project_inputs(first, embedded, first.kernel[: self.embedding_dim])
+
+    def _extra_kernel(self):
+        """The other rows of the first cell's kernel: they multiply what the cell reads besides
+        the token (the context, the summary or h~_{t-1}). None when it reads only the token.
+        Sliced once per call, outside the loop, so the steps don't each slice the kernel."""
+        kernel = self.cells[0].kernel
+        if kernel.shape[0] == self.embedding_dim:
+            return None
+        return ops.cast(kernel[self.embedding_dim :], self.compute_dtype)
+
+    def _step_features(self, token_part, state, memory_context, extra_kernel):
+        """One step from the token's share of the first cell's input product (`_project_tokens`)
+        and `extra_kernel` (`_extra_kernel`) -> features that predict the next token, weights,
+        state."""
         memory, keys, mask = (
             memory_context["memory"],
             memory_context["keys"],
@@ -237,16 +260,20 @@ class AttentionDecoder(keras.layers.Layer):
         if self.placement == "bahdanau":
             previous = cells[-1][0]  # s_{t-1}: the top layer's hidden state
             context, weights = self.attention(previous, memory, keys=keys, memory_mask=mask)
-            cell_input = ops.concatenate([embedded, context], axis=-1)
+            extra_input = context
         elif self.placement == "every_step":
-            context = memory_context["summary"]
-            cell_input = ops.concatenate([embedded, context], axis=-1)
+            context = extra_input = memory_context["summary"]
         elif self.input_feeding:
-            cell_input = ops.concatenate([embedded, state["feed"]], axis=-1)
+            extra_input = state["feed"]
         else:
-            cell_input = embedded
+            extra_input = None
 
-        output, new_cells = self._run_cells(cell_input, cells)
+        projected = token_part
+        if extra_input is not None:
+            projected = projected + ops.matmul(
+                ops.cast(extra_input, token_part.dtype), extra_kernel
+            )
+        output, new_cells = self._run_cells(projected, cells)
         new_state = {"cells": new_cells}
 
         if self.placement == "luong":
@@ -262,12 +289,17 @@ class AttentionDecoder(keras.layers.Layer):
             weights = ops.zeros(ops.shape(mask), dtype=features.dtype)
         return features, weights, new_state
 
-    def _run_cells(self, cell_input, cells):
-        new_cells = []
-        for cell, cell_state in zip(self.cells, cells):
-            cell_input, new_cell_state = cell(cell_input, list(cell_state))
-            new_cells.append(list(new_cell_state))
-        return cell_input, new_cells
+    def _run_cells(self, projected, cells):
+        """The stacked cells on one step; `projected` is the first cell's whole input product."""
+        first, *above = self.cells
+        output, state = recurrent.step(first, projected, list(cells[0]))
+        new_cells = [state]
+        for cell, cell_state in zip(above, cells[1:]):
+            output, state = recurrent.step(
+                cell, recurrent.project_inputs(cell, output), list(cell_state)
+            )
+            new_cells.append(state)
+        return output, new_cells
 
     # === All steps (teacher forcing) ===
 
@@ -276,11 +308,12 @@ class AttentionDecoder(keras.layers.Layer):
         if initial_state is None:
             initial_state = self.initial_state(memory_context)
         embedded = self.input_dropout(self.embedding(targets), training=training)
+        token_parts = self._project_tokens(embedded)  # every step's, in one product
         real = ops.not_equal(targets, 0)
         # XLA needs static shapes, so under `jit_compile` every row runs to the end instead.
         packed = not _compiling_with_xla()
         lengths = ops.sum(ops.cast(real, "int32"), axis=1) if packed else None
-        features, weights, _ = self._scan(embedded, lengths, initial_state, memory_context)
+        features, weights, _ = self._scan(token_parts, lengths, initial_state, memory_context)
         features = self.output_dropout(features, training=training)
         if not packed:
             return self.output_projection(features), weights
@@ -296,8 +329,9 @@ class AttentionDecoder(keras.layers.Layer):
         logits.set_shape(tuple(targets.shape) + (self.vocabulary_size,))
         return logits, weights
 
-    def _scan(self, embedded, lengths, state, memory_context):
-        """Features `(batch, T, F)`, weights `(batch, T, S)` and the last state for all steps.
+    def _scan(self, token_parts, lengths, state, memory_context):
+        """Features `(batch, T, F)`, weights `(batch, T, S)` and the last state for all steps,
+        from every step's `_project_tokens` `(batch, T, gates * units)`.
 
         Packed sequences (`lengths`, real tokens per row, given): step t runs only on the rows
         that are still going. With the rows sorted longest first, those are the first
@@ -313,17 +347,18 @@ class AttentionDecoder(keras.layers.Layer):
         measured in benchmarks/README.md; `test_decoder.py` checks it against `step`). The
         output projection is applied afterwards to all steps at once.
         """
-        steps = tf.shape(embedded)[1]
+        steps = tf.shape(token_parts)[1]
         active = order = None
         if lengths is not None:
             order = tf.argsort(lengths, direction="DESCENDING", stable=True)
-            embedded, state, memory_context, lengths = tf.nest.map_structure(
-                lambda x: tf.gather(x, order), (embedded, state, memory_context, lengths)
+            token_parts, state, memory_context, lengths = tf.nest.map_structure(
+                lambda x: tf.gather(x, order), (token_parts, state, memory_context, lengths)
             )
             active = tf.reduce_sum(tf.cast(lengths[None, :] > tf.range(steps)[:, None], "int32"), 1)
+        extra_kernel = self._extra_kernel()
         if self.placement == "luong" and not self.input_feeding:
             outputs, _, state = self._over_time(
-                self._cells_step, embedded, active, state, with_weights=False
+                self._cells_step, token_parts, active, state, with_weights=False
             )
             context, weights = self.attention(
                 outputs,
@@ -337,8 +372,10 @@ class AttentionDecoder(keras.layers.Layer):
                 weights = weights * tf.cast(ongoing, weights.dtype)[:, :, None]
         else:
             features, weights, state = self._over_time(
-                lambda x, state, n: self._step_features(x, state, _first(memory_context, n)),
-                embedded,
+                lambda x, state, n: self._step_features(
+                    x, state, _first(memory_context, n), extra_kernel
+                ),
+                token_parts,
                 active,
                 state,
             )
@@ -347,8 +384,8 @@ class AttentionDecoder(keras.layers.Layer):
         back = tf.argsort(order)  # the inverse permutation: the caller's row order
         return tf.nest.map_structure(lambda x: tf.gather(x, back), (features, weights, state))
 
-    def _cells_step(self, cell_input, state, n):
-        output, cells = self._run_cells(cell_input, state["cells"])
+    def _cells_step(self, token_part, state, n):
+        output, cells = self._run_cells(token_part, state["cells"])
         return output, None, {"cells": cells}
 
     def _over_time(self, step, inputs, active, state, with_weights=True):
@@ -366,18 +403,27 @@ class AttentionDecoder(keras.layers.Layer):
         kept = 2 if with_weights else 1  # features, and weights
         outputs_by_time = [tf.TensorArray(self.compute_dtype, size=steps) for _ in range(kept)]
 
+        def on_every_row(inputs_t, state):
+            *outputs, state = step(inputs_t, state, None)
+            return outputs[:kept], state
+
+        def on_first_rows(inputs_t, state, n):
+            *outputs, new_state = step(_first(inputs_t, n), _first(state, n), n)
+            state = tf.nest.map_structure(_with_first, new_state, state)
+            return [tf.pad(out, [[0, batch - n], [0, 0]]) for out in outputs[:kept]], state
+
         def body(t, state, outputs_by_time):
+            inputs_t = inputs_by_time.read(t)
             if active is None:
-                *outputs, state = step(inputs_by_time.read(t), state, None)
+                outputs, state = on_every_row(inputs_t, state)
             else:
-                n = active[t]
-                # At least one row: cells refuse empty batches (steps past every row's end).
-                run = tf.maximum(n, 1)
-                *outputs, new_state = step(
-                    _first(inputs_by_time.read(t), run), _first(state, run), run
+                # While every row is still going, no slices: their gradients (full-size
+                # `StridedSliceGrad`s at every step) cost more than the rows they save.
+                outputs, state = tf.cond(
+                    active[t] >= batch,
+                    lambda: on_every_row(inputs_t, state),
+                    lambda: on_first_rows(inputs_t, state, active[t]),
                 )
-                state = tf.nest.map_structure(_with_first, _first(new_state, n), state)
-                outputs = [tf.pad(out[:n], [[0, batch - n], [0, 0]]) for out in outputs[:kept]]
             outputs_by_time = [
                 array.write(t, tf.cast(output, self.compute_dtype))
                 for array, output in zip(outputs_by_time, outputs[:kept])

@@ -1,0 +1,88 @@
+"""Tests for shared/recurrent.py: each step equals the Keras cell's own `call`."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from shared import recurrent
+
+BATCH, INPUT_DIM, UNITS = 3, 5, 4
+CELLS = {
+    "lstm": keras.layers.LSTMCell,
+    "gru": keras.layers.GRUCell,
+    "rnn": keras.layers.SimpleRNNCell,
+}
+
+
+def built_cell(name: str, seed: int = 0):
+    """A Keras cell with random weights, biases included (all zero by default)."""
+    cell = CELLS[name](UNITS)
+    cell.build((None, INPUT_DIM))
+    rng = np.random.default_rng(seed)
+    cell.set_weights([rng.normal(scale=0.5, size=w.shape) for w in cell.get_weights()])
+    return cell
+
+
+def random_step_inputs(name: str, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    inputs = rng.normal(size=(BATCH, INPUT_DIM)).astype("float32")
+    state_count = 2 if name == "lstm" else 1
+    state = [rng.normal(size=(BATCH, UNITS)).astype("float32") for _ in range(state_count)]
+    return tf.constant(inputs), [tf.constant(s) for s in state]
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_step_from_the_projected_input_equals_the_keras_cell(name):
+    cell = built_cell(name)
+    inputs, state = random_step_inputs(name)
+    expected_output, expected_state = cell(inputs, state)
+    output, new_state = recurrent.step(cell, recurrent.project_inputs(cell, inputs), state)
+    np.testing.assert_allclose(output, expected_output, rtol=1e-5, atol=1e-6)
+    assert len(new_state) == len(expected_state)
+    for actual, expected in zip(new_state, expected_state):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_the_input_product_can_be_split_by_rows_of_the_kernel(name):
+    """What the decoder relies on: the token's rows projected ahead (with the bias), plus the
+    other rows' product, is the whole input's product."""
+    cell = built_cell(name)
+    inputs, _ = random_step_inputs(name)
+    split = 2
+    ahead = recurrent.project_inputs(cell, inputs[:, :split], cell.kernel[:split])
+    rest = tf.matmul(inputs[:, split:], cell.kernel[split:])
+    np.testing.assert_allclose(
+        ahead + rest, recurrent.project_inputs(cell, inputs), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_projection_of_a_whole_sequence_equals_one_step_at_a_time():
+    cell = built_cell("lstm")
+    sequence = tf.constant(np.random.default_rng(2).normal(size=(BATCH, 6, INPUT_DIM)), "float32")
+    whole = recurrent.project_inputs(cell, sequence)
+    assert whole.shape == (BATCH, 6, 4 * UNITS)
+    for t in range(6):
+        np.testing.assert_allclose(
+            whole[:, t], recurrent.project_inputs(cell, sequence[:, t]), rtol=1e-5, atol=1e-6
+        )
+
+
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        (keras.layers.LSTMCell(4, dropout=0.1), "dropout inside the cell"),
+        (keras.layers.LSTMCell(4, recurrent_dropout=0.1), "dropout inside the cell"),
+        (keras.layers.SimpleRNNCell(4, use_bias=False), "without a bias"),
+        (keras.layers.GRUCell(4, reset_after=False), "reset_after=True"),
+    ],
+)
+def test_unsupported_cell_options_raise_value_errors(cell, message):
+    with pytest.raises(ValueError, match=message):
+        recurrent.check_supported(cell)
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_default_cells_are_supported(name):
+    recurrent.check_supported(CELLS[name](UNITS))  # raises if Keras's defaults ever change
