@@ -1,8 +1,8 @@
 """Decoder-loop levers: the teacher-forced training step of the decoder alone (forward,
 backward, Adam update), at embedding 256, units 512, batch 64. The variants of one group run in
 one process and are timed in turns (`common.time_interleaved`), so a change in the machine's
-load hits them alike; each variant's speed is the median over the rounds of the reference's
-time over its own.
+load hits them alike; each variant's speed is 1 / (the median over the rounds of its time over
+the reference's). One failing variant fails its group.
 
 Memories like the two applications': `captioner` 64 regions of 128 features and captions of 24
 tokens (vocabulary 60); `chatbot` 30 positions of 512 and replies of 31 tokens (vocabulary
@@ -10,8 +10,9 @@ tokens (vocabulary 60); `chatbot` 30 positions of 512 and replies of 31 tokens (
 
 - `bahdanau`: ours (`shared/decoder.py`): keys once per input; every step's token multiplied
   by the first cell's kernel before the loop, in one product (`shared.recurrent`).
-- `bahdanau, token product in the loop`: ours before 2026-12-02: the token's product done
-  inside each step.
+- `bahdanau, token product in the loop`: ours with the token's product done inside each step,
+  as its own small product (the kernel's rows sliced once, outside the loop). Before
+  2026-12-02 ours did one product of `[y_{t-1}; c_t]` with the whole kernel per step.
 - `bahdanau, merged s_{t-1} products`: ours with the two products of s_{t-1} (the cell's
   recurrent one and the attention query) done as one, on the concatenated kernels.
 - `bahdanau + jit_compile`: ours with the whole step compiled by XLA.
@@ -62,8 +63,8 @@ def specs(quick: bool) -> list[dict]:
 
 def token_product_in_the_loop(decoder) -> None:
     """Makes `decoder` multiply each step's token by the first cell's kernel inside the loop,
-    one step at a time, as ours did before 2026-12-02, instead of for all steps before it.
-    (The kernel rows are still sliced once, outside the loop.)"""
+    one step at a time, instead of for all steps before it (the kernel rows are still sliced
+    once, outside the loop)."""
     from shared import recurrent
 
     original_extra_kernel, original_step_features = decoder._extra_kernel, decoder._step_features

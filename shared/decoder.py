@@ -392,7 +392,8 @@ class AttentionDecoder(keras.layers.Layer):
         """Runs `step(inputs_t, state, n) -> (features, weights, state)` for every t of `inputs`
         `(batch, T, …)` inside the graph (a `tf.while_loop`), on the first `n = active[t]` rows
         of `inputs_t` and `state`; the other rows keep their state and get zero outputs.
-        `active=None`: every row, every step (`n` is None).
+        `active=None`: every row, every step (`n` is None). `n` is also None at the steps where
+        every row is still going (a `tf.cond`, so `step` is traced twice).
 
         Returns the features `(batch, T, F)`, the weights `(batch, T, S)` (None without
         `with_weights`, for steps that give none) and the last state.

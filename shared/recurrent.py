@@ -1,9 +1,9 @@
-"""One step of Keras's LSTM, GRU and SimpleRNN cells, from an input already multiplied by the kernel.
+"""One step of Keras's LSTM, GRU and SimpleRNN cells, from an input already multiplied by its kernel.
 
 Every cell's step starts with `x_t W + b`, which needs nothing from the previous step. Taking
 that product as an argument lets the decoder compute the tokens' share of it for all steps at
-once, before its loop: one large matrix product instead of one small one per step (1.3× faster
-for the captioner's teacher-forced decoder step, `benchmarks/README.md`). The weights stay
+once, before its loop: one large matrix product instead of one small one per step (about 5 %
+faster for the decoder's training step, `benchmarks/README.md`). The weights stay
 those of the Keras cells (`keras.layers.LSTMCell`, `GRUCell`, `SimpleRNNCell`), so saved
 models are unchanged; `tests/shared/test_recurrent.py` checks each step against the cell's own
 `call`.
@@ -14,10 +14,18 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+SUPPORTED_CELLS = (keras.layers.LSTMCell, keras.layers.GRUCell, keras.layers.SimpleRNNCell)
+
 
 def check_supported(cell) -> None:
-    """Raises ValueError for the cell options `step` does not implement (no Glimpse cell uses
-    them): dropout inside the cell, no bias, and a GRU with the reset gate before the product."""
+    """Raises ValueError for the cells and cell options `step` does not implement (no Glimpse
+    cell uses them): other cell classes, dropout inside the cell, no bias, and a GRU with the
+    reset gate before the product."""
+    if type(cell) not in SUPPORTED_CELLS:
+        raise ValueError(
+            f"{cell.name}: expected one of {[c.__name__ for c in SUPPORTED_CELLS]}. "
+            f"Received: {type(cell).__name__}"
+        )
     if getattr(cell, "dropout", 0.0) or getattr(cell, "recurrent_dropout", 0.0):
         raise ValueError(f"{cell.name}: dropout inside the cell is not supported.")
     if not cell.use_bias:
@@ -41,9 +49,9 @@ def step(cell, projected, state):
     recurrent = ops.matmul(h, ops.cast(cell.recurrent_kernel, h.dtype))
     if isinstance(cell, keras.layers.LSTMCell):
         i, f, g, o = ops.split(projected + recurrent, 4, axis=-1)
-        sigmoid, tanh = cell.recurrent_activation, cell.activation
-        c = sigmoid(f) * state[1] + sigmoid(i) * tanh(g)
-        h = sigmoid(o) * tanh(c)
+        gate, squash = cell.recurrent_activation, cell.activation  # sigmoid, tanh by default
+        c = gate(f) * state[1] + gate(i) * squash(g)
+        h = gate(o) * squash(c)
         return h, [h, c]
     if isinstance(cell, keras.layers.GRUCell):
         recurrent = recurrent + ops.cast(cell.bias[1], h.dtype)
@@ -53,8 +61,10 @@ def step(cell, projected, state):
         r = cell.recurrent_activation(x_r + r_r)
         h = z * h + (1 - z) * cell.activation(x_h + r * r_h)
         return h, [h]
-    h = cell.activation(projected + recurrent)  # SimpleRNNCell
-    return h, [h]
+    if isinstance(cell, keras.layers.SimpleRNNCell):
+        h = cell.activation(projected + recurrent)
+        return h, [h]
+    raise ValueError(f"{cell.name}: {type(cell).__name__} is not supported (`check_supported`).")
 
 
 def _input_bias(cell):

@@ -364,3 +364,24 @@ def test_steps_after_every_row_has_ended_and_all_padding_rows_are_fine():
     assert np.all(np.asarray(logits)[targets == 0] == 0.0)
     assert np.all(np.asarray(weights)[targets == 0] == 0.0)
     assert_same_at_real_positions(targets, logits, step_logits)
+
+
+@pytest.mark.parametrize(("attention", "placement", "input_feeding"), PLACEMENTS, ids=PLACEMENT_IDS)
+def test_trailing_padding_steps_change_no_gradient(attention, placement, input_feeding):
+    """Steps after every row has ended (no row left to run) add nothing to any gradient."""
+    decoder = make_decoder(attention=attention, placement=placement, input_feeding=input_feeding)
+    targets, memory, mask = random_inputs(seed=15)
+    padded = np.concatenate([targets, np.zeros((BATCH, 2), "int32")], axis=1)
+    projection = tf.constant(np.random.default_rng(4).normal(size=(VOCAB,)).astype("float32"))
+
+    def gradients(targets):
+        with tf.GradientTape() as tape:
+            logits = decoder(targets, memory, memory_mask=mask)[0]
+            loss = tf.reduce_sum(logits * projection)  # padding logits are exactly zero
+        return tape.gradient(loss, decoder.trainable_variables)
+
+    for variable, a, b in zip(decoder.trainable_variables, gradients(padded), gradients(targets)):
+        assert a is not None, f"no gradient for {variable.path}"
+        np.testing.assert_allclose(
+            tf.convert_to_tensor(a), tf.convert_to_tensor(b), err_msg=variable.path, **TOLERANCE
+        )

@@ -69,6 +69,25 @@ def test_projection_of_a_whole_sequence_equals_one_step_at_a_time():
         )
 
 
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_step_under_mixed_bfloat16_stays_in_bfloat16_and_near_the_keras_cell(name):
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        cell = built_cell(name)
+        inputs, state = random_step_inputs(name)
+        inputs = tf.cast(inputs, "bfloat16")
+        state = [tf.cast(s, "bfloat16") for s in state]
+        expected_output, _ = cell(inputs, state)
+        output, new_state = recurrent.step(cell, recurrent.project_inputs(cell, inputs), state)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert output.dtype == expected_output.dtype == tf.bfloat16
+    assert all(s.dtype == tf.bfloat16 for s in new_state)
+    np.testing.assert_allclose(
+        tf.cast(output, "float32"), tf.cast(expected_output, "float32"), atol=5e-2
+    )
+
+
 @pytest.mark.parametrize(
     ("cell", "message"),
     [
@@ -76,6 +95,7 @@ def test_projection_of_a_whole_sequence_equals_one_step_at_a_time():
         (keras.layers.LSTMCell(4, recurrent_dropout=0.1), "dropout inside the cell"),
         (keras.layers.SimpleRNNCell(4, use_bias=False), "without a bias"),
         (keras.layers.GRUCell(4, reset_after=False), "reset_after=True"),
+        (type("MyCell", (keras.layers.SimpleRNNCell,), {})(4), "expected one of"),
     ],
 )
 def test_unsupported_cell_options_raise_value_errors(cell, message):
