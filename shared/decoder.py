@@ -343,9 +343,9 @@ class AttentionDecoder(keras.layers.Layer):
 
         Every placement runs `_step_features` once per step, except Luong without input
         feeding: there attention reads only the new state h_t, so the cells run over all steps
-        first and attention for every step is one batched product (about 20 % faster to train,
-        measured in benchmarks/README.md; `test_decoder.py` checks it against `step`). The
-        output projection is applied afterwards to all steps at once.
+        first and attention for every step is one batched product (0.99–1.04× of attention
+        inside the loop when timed in turns, benchmarks/README.md; `test_decoder.py` checks it
+        against `step`). The output projection is applied afterwards to all steps at once.
         """
         steps = tf.shape(token_parts)[1]
         active = order = None
@@ -392,8 +392,7 @@ class AttentionDecoder(keras.layers.Layer):
         """Runs `step(inputs_t, state, n) -> (features, weights, state)` for every t of `inputs`
         `(batch, T, …)` inside the graph (a `tf.while_loop`), on the first `n = active[t]` rows
         of `inputs_t` and `state`; the other rows keep their state and get zero outputs.
-        `active=None`: every row, every step (`n` is None). `n` is also None at the steps where
-        every row is still going (a `tf.cond`, so `step` is traced twice).
+        `active=None`: every row, every step (`n` is None).
 
         Returns the features `(batch, T, F)`, the weights `(batch, T, S)` (None without
         `with_weights`, for steps that give none) and the last state.
@@ -404,27 +403,18 @@ class AttentionDecoder(keras.layers.Layer):
         kept = 2 if with_weights else 1  # features, and weights
         outputs_by_time = [tf.TensorArray(self.compute_dtype, size=steps) for _ in range(kept)]
 
-        def on_every_row(inputs_t, state):
-            *outputs, state = step(inputs_t, state, None)
-            return outputs[:kept], state
-
-        def on_first_rows(inputs_t, state, n):
-            *outputs, new_state = step(_first(inputs_t, n), _first(state, n), n)
-            state = tf.nest.map_structure(_with_first, new_state, state)
-            return [tf.pad(out, [[0, batch - n], [0, 0]]) for out in outputs[:kept]], state
-
         def body(t, state, outputs_by_time):
             inputs_t = inputs_by_time.read(t)
             if active is None:
-                outputs, state = on_every_row(inputs_t, state)
+                *outputs, state = step(inputs_t, state, None)
             else:
-                # While every row is still going, no slices: their gradients (full-size
-                # `StridedSliceGrad`s at every step) cost more than the rows they save.
-                outputs, state = tf.cond(
-                    active[t] >= batch,
-                    lambda: on_every_row(inputs_t, state),
-                    lambda: on_first_rows(inputs_t, state, active[t]),
-                )
+                # Not a `tf.cond` that skips the slices while every row is going (3-7 % faster
+                # on full batches): Grappler's AddOpsRewrite inside it breaks Keras's train step
+                # with "AlreadyExistsError: Resource __per_step_0/…/tmp_var" (TF 2.21).
+                n = active[t]
+                *outputs, new_state = step(_first(inputs_t, n), _first(state, n), n)
+                state = tf.nest.map_structure(_with_first, new_state, state)
+                outputs = [tf.pad(out, [[0, batch - n], [0, 0]]) for out in outputs[:kept]]
             outputs_by_time = [
                 array.write(t, tf.cast(output, self.compute_dtype))
                 for array, output in zip(outputs_by_time, outputs[:kept])
