@@ -6,13 +6,9 @@ import pytest
 import tensorflow as tf
 
 from shared import recurrent
+from shared.decoder import CELLS  # the cells the decoder offers
 
 BATCH, INPUT_DIM, UNITS = 3, 5, 4
-CELLS = {
-    "lstm": keras.layers.LSTMCell,
-    "gru": keras.layers.GRUCell,
-    "rnn": keras.layers.SimpleRNNCell,
-}
 
 
 def built_cell(name: str, seed: int = 0):
