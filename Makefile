@@ -5,21 +5,30 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+DEV_STAMP := $(VENV)/.installed-dev-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 export GRADIO_ANALYTICS_ENABLED := False
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test lint setup system-deps train clean help
+.PHONY: demo test lint setup setup-dev system-deps train clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-setup: $(STAMP)  ## create .venv and install the pinned requirements
+setup: $(STAMP)  ## create .venv and install the pinned requirements of the demo and training
+
+setup-dev: $(DEV_STAMP)  ## setup, plus the pinned test and lint tools
 
 $(STAMP): requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 13) else "Glimpse needs Python 3.11-3.13 (the pinned requirements have no wheels for others); run make with PYTHON=python3.12 or similar")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	@rm -f $(VENV)/.installed-*
+	@rm -f $(VENV)/.installed-[0-9]*
+	@touch $@
+
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@rm -f $(VENV)/.installed-dev-*
 	@touch $@
 
 system-deps:  ## Debian packages for the browser test and CJK plots (needs root; skipped otherwise)
@@ -34,10 +43,10 @@ demo: setup  ## train both models on the built-in data if needed, export them, l
 train: setup  ## train both models on the built-in data (again), without launching the demos
 	$(PY) -m training.demo --no-launch
 
-test: setup system-deps  ## run the whole test suite
+test: setup-dev system-deps  ## run the whole test suite
 	$(PY) -m pytest
 
-lint: setup  ## ruff check and format check
+lint: setup-dev  ## ruff check and format check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 

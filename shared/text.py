@@ -25,6 +25,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from shared import files
+
 PAD = ""
 UNK = "[UNK]"
 START = "[START]"
@@ -39,6 +41,17 @@ SPACE_MARK = "\u2581"  # "▁" stands for a space in character mode
 _CHARS_PER_TOKEN_LIMIT = 32
 
 
+def repair_utf8(text: tf.Tensor) -> tf.Tensor:
+    """Strings with every invalid UTF-8 sequence replaced by U+FFFD.
+
+    TensorFlow's character-wise string ops (`substr(unit="UTF8_CHAR")`, `unicode_split`) are
+    documented as undefined on invalid UTF-8, so text is repaired before any of them.
+    """
+    return tf.strings.unicode_transcode(
+        text, "UTF-8", "UTF-8", errors="replace", replace_control_characters=False
+    )
+
+
 def standardize(text: tf.Tensor, mode: str = "word") -> tf.Tensor:
     """Cleans a batch of strings the same way for training data and for serving.
 
@@ -47,9 +60,7 @@ def standardize(text: tf.Tensor, mode: str = "word") -> tf.Tensor:
     letter, digit, combining mark or apostrophe is surrounded by spaces so it becomes a token.
     """
     _check_mode(mode)
-    text = tf.strings.unicode_transcode(
-        text, "UTF-8", "UTF-8", errors="replace", replace_control_characters=False
-    )
+    text = repair_utf8(text)
     # Control characters first: lowercasing stops at a NUL.
     text = tf.strings.regex_replace(text, r"[\p{Cc}\p{Cf}]", " ")
     text = tf.strings.lower(text, encoding="utf-8")
@@ -145,14 +156,10 @@ class Vocabulary:
         return cls(RESERVED_TOKENS + tuple(ranked), mode)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Writes JSON atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(
-            json.dumps({"mode": self.mode, "tokens": list(self.tokens)}, ensure_ascii=False),
-            encoding="utf-8",
+        """Writes JSON atomically (`shared.files.write_text`)."""
+        files.write_text(
+            path, json.dumps({"mode": self.mode, "tokens": list(self.tokens)}, ensure_ascii=False)
         )
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocabulary:
@@ -202,7 +209,7 @@ class TextVectorizer(keras.layers.Layer):
         return len(self.vocabulary)
 
     def _token_ids(self, text: tf.Tensor, length: int) -> tf.RaggedTensor:
-        text = tf.convert_to_tensor(text, tf.string)
+        text = repair_utf8(tf.convert_to_tensor(text, tf.string))  # before cutting by character
         text = tf.strings.substr(text, 0, length * _CHARS_PER_TOKEN_LIMIT, unit="UTF8_CHAR")
         tokens = split_tokens(text, self.mode)[:, :length]
         return tf.cast(tf.ragged.map_flat_values(self.lookup, tokens), tf.int32)

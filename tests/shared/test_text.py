@@ -170,7 +170,8 @@ def test_vocabulary_save_load_round_trip(tmp_path):
         path = tmp_path / f"{vocabulary.mode}.json"
         vocabulary.save(path)
         assert Vocabulary.load(path) == vocabulary
-        assert not path.with_name(path.name + ".tmp").exists()
+    # No temporary file is left behind, whatever its name.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["char.json", "word.json"]
 
 
 def test_vocabulary_file_is_utf8_whatever_the_locale(tmp_path):
@@ -256,6 +257,27 @@ def test_long_text_is_cut_to_max_length():
     np.testing.assert_array_equal(ids[0], [hello] * 5)
     np.testing.assert_array_equal(ids[1], [UNK_ID] + [PAD_ID] * 4)
     assert PAD_ID not in ids[2]
+
+
+def test_text_is_repaired_before_it_is_cut_by_character(monkeypatch):
+    """`substr(unit="UTF8_CHAR")` is undefined on invalid UTF-8: every string it cuts is valid."""
+    cut_inputs = []
+    real_substr = tf.strings.substr
+
+    def recording_substr(text, *args, **kwargs):
+        cut_inputs.append(text.numpy())
+        return real_substr(text, *args, **kwargs)
+
+    monkeypatch.setattr(tf.strings, "substr", recording_substr)
+    vectorizer = word_vectorizer(max_length=3)
+    broken = [b"hello \xe4\xb8 world " * 50, b"\xff\xfe" * 1000 + b" hello"]
+    ids = vectorizer(tf.constant(broken)).numpy()
+    assert cut_inputs, "the vectorizer no longer cuts long text by character"
+    for batch in cut_inputs:
+        for text in batch:
+            text.decode("utf-8")  # raises UnicodeDecodeError on invalid UTF-8
+    hello = token_id(vectorizer, "hello")
+    assert ids[0][0] == hello and ids[0][1] == UNK_ID
 
 
 def test_long_chinese_text_is_cut_to_max_length_in_char_mode():
