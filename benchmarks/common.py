@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.files import write_text
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 RESULT_PREFIX = "RESULT "
@@ -226,9 +228,7 @@ def write_results(name: str, out_dir: str, quick: bool, data: dict) -> Path:
         "machine": machine(),
         **data,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(payload, indent=2))
     return path
 
 

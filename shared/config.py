@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
+from shared import files
+
 T = TypeVar("T")
 
 
@@ -56,12 +58,8 @@ def from_args(config_class: type[T], args: argparse.Namespace) -> T:
 
 
 def save(config, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(
-        json.dumps(dataclasses.asdict(config), indent=2, ensure_ascii=False), encoding="utf-8"
-    )
-    os.replace(tmp, path)
+    """Writes `config` as JSON, atomically (`shared.files.write_text`)."""
+    files.write_text(path, json.dumps(dataclasses.asdict(config), indent=2, ensure_ascii=False))
 
 
 def load(config_class: type[T], path: str | os.PathLike) -> T:

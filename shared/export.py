@@ -1,9 +1,11 @@
 """Writing SavedModels the way TF Serving reads them, safely.
 
 An export lives at `<base>/<name>/<version>/` with a numeric version, the layout TF Serving
-watches: it loads the highest number. A new version is written into a hidden temporary folder
-and renamed into place only when complete, so a process killed half-way leaves no folder that a
-server or `latest_version` would accept.
+watches: it loads the highest number. A new version is written into a hidden, uniquely named
+`.partial-*` folder, fsynced, and renamed into place only when complete, so a process killed
+half-way leaves no folder that a server or `latest_version` would accept. The version number is
+claimed by that rename (a folder cannot be renamed onto a non-empty one), so two processes
+exporting at the same time get two different versions instead of one failing.
 
 The SavedModel's endpoints are `tf.function`s whose inputs are raw strings or numbers, so it
 loads with `tf.saved_model.load` (or TF Serving, or `saved_model_cli`) and no code of this
@@ -12,15 +14,23 @@ project.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import keras
 
+from shared.files import fsync_dir, fsync_file
+
 METADATA_FILE = "glimpse.json"
+PARTIAL_PREFIX = ".partial-"  # a version being written; never a version, removed on failure
+# The most inputs one call of an exported endpoint accepts (recorded in the metadata as
+# `max_batch`): a bigger request is refused, so one call cannot hold a server's memory.
+MAX_SERVING_BATCH = 64
 
 
 def version_dirs(export_dir: str | os.PathLike) -> list[Path]:
@@ -43,10 +53,35 @@ def latest_version(export_dir: str | os.PathLike) -> Path | None:
 
 
 def _fsync_tree(root: Path) -> None:
+    """Fsyncs every file under `root`, then every folder (deepest first), then `root`."""
+    folders = []
     for path in sorted(root.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+        if path.is_dir():
+            folders.append(path)
+        elif path.is_file():
+            fsync_file(path)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        fsync_dir(folder)
+    fsync_dir(root)
+
+
+def _claim_version(export_dir: Path, partial: Path) -> Path:
+    """Renames `partial` to the lowest free number above every numbered folder; returns it.
+
+    Numbers of incomplete folders are never reused. When another process takes the number
+    first, the rename fails (the target exists and is not empty) and the next one is tried.
+    """
+    existing = [int(p.name) for p in export_dir.iterdir() if p.name.isdigit()]
+    version = max(existing, default=0) + 1
+    while True:
+        final = export_dir / str(version)
+        try:
+            os.rename(partial, final)  # atomic: the version appears complete or not at all
+            return final
+        except OSError as error:
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            version += 1
 
 
 def write_savedmodel(
@@ -67,24 +102,27 @@ def write_savedmodel(
     """
     export_dir = Path(export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
-    existing = [int(p.name) for p in export_dir.iterdir() if p.name.isdigit()]
-    version = max(existing, default=0) + 1
-    partial = export_dir / f".partial-{version}-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-
     archive = keras.export.ExportArchive()
     for resource in track:
         archive.track(resource)
     for name, function in endpoints.items():
         archive.add_endpoint(name, function)
-    archive.write_out(str(partial), verbose=False)
-    if metadata is not None:
-        (partial / METADATA_FILE).write_text(
-            json.dumps(dict(metadata), indent=2, ensure_ascii=False)
-        )
-    _fsync_tree(partial)
-    final = export_dir / str(version)
-    os.rename(partial, final)  # atomic: the version folder appears complete or not at all
+
+    partial = export_dir / f"{PARTIAL_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
+    partial.mkdir()  # unique: another writer, even with the same pid on another host, differs
+    final = None
+    try:
+        archive.write_out(str(partial), verbose=False)
+        if metadata is not None:
+            (partial / METADATA_FILE).write_text(
+                json.dumps(dict(metadata), indent=2, ensure_ascii=False), encoding="utf-8"
+            )
+        _fsync_tree(partial)
+        final = _claim_version(export_dir, partial)
+    finally:
+        if final is None:
+            shutil.rmtree(partial, ignore_errors=True)
+    fsync_dir(export_dir)
     return final
 
 

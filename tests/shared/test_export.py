@@ -136,6 +136,174 @@ def test_versions_count_up_and_incomplete_folders_are_ignored(toy, tmp_path):
     assert latest_version(export_dir) == third
 
 
+# `keras.export.ExportArchive()` returns an instance of a backend subclass: patch that one.
+ARCHIVE_CLASS = type(keras.export.ExportArchive())
+
+
+def fake_write_out(self, filepath, options=None, verbose=True):
+    """Stands in for `ExportArchive.write_out`: writes a few files, in seconds less."""
+    folder = Path(filepath)
+    (folder / "variables").mkdir(parents=True, exist_ok=True)
+    (folder / "variables" / "variables.index").write_bytes(b"index")
+    (folder / "saved_model.pb").write_bytes(b"graph")
+
+
+class WriteFailed(Exception):
+    pass
+
+
+def write_out_then_fail(self, filepath, options=None, verbose=True):
+    fake_write_out(self, filepath)
+    raise WriteFailed("disk full")
+
+
+def write_out_then_interrupt(self, filepath, options=None, verbose=True):
+    fake_write_out(self, filepath)
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    "write_out, metadata, error",
+    [
+        (write_out_then_fail, None, WriteFailed),
+        (write_out_then_interrupt, None, KeyboardInterrupt),
+        (fake_write_out, {"not json": object()}, TypeError),
+    ],
+    ids=["write_out raises", "interrupted", "metadata not JSON"],
+)
+def test_a_write_failing_midway_leaves_no_partial_and_no_version(
+    toy, tmp_path, monkeypatch, write_out, metadata, error
+):
+    export_dir = tmp_path / "export" / "toy"
+    monkeypatch.setattr(ARCHIVE_CLASS, "write_out", fake_write_out)
+    first = toy.export(export_dir)  # a version that must stay the latest
+    monkeypatch.setattr(ARCHIVE_CLASS, "write_out", write_out)
+    with pytest.raises(error):
+        toy.export(export_dir, metadata=metadata)
+    assert sorted(p.name for p in export_dir.iterdir()) == ["1"]
+    assert latest_version(export_dir) == first
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+def test_the_version_folder_is_fsynced_and_so_is_the_rename(toy, tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(descriptor):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
+        real_fsync(descriptor)
+
+    def rename(source, destination):
+        events.append(("rename", os.fspath(source), os.fspath(destination)))
+        real_rename(source, destination)
+
+    monkeypatch.setattr(ARCHIVE_CLASS, "write_out", fake_write_out)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    export_dir = tmp_path / "export" / "toy"
+    version_dir = toy.export(export_dir)
+
+    (renamed,) = [e for e in events if e[0] == "rename"]
+    partial = renamed[1]
+    assert renamed[2] == str(version_dir) == str(export_dir / "1")
+    before, after = events[: events.index(renamed)], events[events.index(renamed) + 1 :]
+    for written in ("saved_model.pb", "variables/variables.index", "variables", ""):
+        assert ("fsync", os.path.join(partial, written).rstrip("/")) in before, written
+    assert ("fsync", str(export_dir)) in after
+
+
+CONCURRENT_EXPORT = """
+import json, sys, time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from shared.export import write_savedmodel
+
+export_dir, sync_dir, index = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+layer = keras.layers.Dense(
+    1, kernel_initializer="ones", bias_initializer=keras.initializers.Constant(10.0 * index)
+)
+layer.build((None, 2))
+
+
+@tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32)])
+def predict(x):
+    return {"y": layer(x)}
+
+
+archive_class = type(keras.export.ExportArchive())  # the backend's subclass
+real_write_out = archive_class.write_out
+
+
+def write_out_then_wait(self, filepath, *args, **kwargs):
+    # Both exports have written their files before either claims a version number.
+    real_write_out(self, filepath, *args, **kwargs)
+    (sync_dir / f"written-{index}").touch()
+    deadline = time.monotonic() + 240
+    while len(list(sync_dir.glob("written-*"))) < 2:
+        if time.monotonic() > deadline:
+            sys.exit("the other export never wrote its files")
+        time.sleep(0.05)
+
+
+archive_class.write_out = write_out_then_wait
+version_dir = write_savedmodel(
+    export_dir, {"predict": predict}, track=[layer], metadata={"writer": index, "note": "\\u4f60\\u597d"}
+)
+print(json.dumps({"version": version_dir.name}))
+"""
+
+
+def test_two_processes_exporting_at_once_get_versions_one_and_two(tmp_path):
+    """Under an ASCII locale too: the metadata (with Chinese in it) is written as UTF-8."""
+    export_dir, sync_dir = tmp_path / "export" / "toy", tmp_path / "sync"
+    sync_dir.mkdir()
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("LANG", "LC_"))}
+    env.update(
+        LC_ALL="C",
+        PYTHONUTF8="0",
+        PYTHONCOERCECLOCALE="0",
+        PYTHONPATH=str(PROJECT_ROOT),
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT_EXPORT, str(export_dir), str(sync_dir), str(i)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    results = []
+    try:
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=300)
+            assert process.returncode == 0, stderr[-3000:]
+            results.append(json.loads(stdout.strip().splitlines()[-1]))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    assert sorted(result["version"] for result in results) == ["1", "2"]
+    assert sorted(p.name for p in export_dir.iterdir()) == ["1", "2"]  # no .partial-* left
+    assert [p.name for p in version_dirs(export_dir)] == ["1", "2"]
+    for result in results:
+        version_dir = export_dir / result["version"]
+        writer = read_metadata(version_dir)["writer"]
+        assert read_metadata(version_dir)["note"] == "你好"
+        loaded = tf.saved_model.load(str(version_dir))
+        outputs = loaded.predict(tf.ones([1, 2]))
+        assert outputs["y"].numpy().tolist() == [[2.0 + 10.0 * writer]]
+    assert sorted(read_metadata(export_dir / v)["writer"] for v in ("1", "2")) == [0, 1]
+
+
 def test_savedmodel_loads_in_a_fresh_process_with_only_tensorflow(toy, exported, tmp_path):
     export_dir, _ = exported
     script = f"""
