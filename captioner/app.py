@@ -15,8 +15,9 @@ own bytes when TensorFlow can decode them, else the picture re-encoded as PNG.
 from __future__ import annotations
 
 import argparse
+import atexit
 import io
-import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +36,11 @@ DEFAULT_RUN_DIR = "runs/captioner"
 SEARCH_CHOICES = [("greedy", 1), ("beam search, 3 beams", 3), ("beam search, 5 beams", 5)]
 DEFAULT_BEAM_SIZE = 3
 TF_DECODABLE_FORMATS = frozenset({"PNG", "JPEG", "GIF", "BMP", "WEBP"})  # tf.io.decode_image
+# The only Pillow readers an upload reaches: plain raster formats. Others (EPS runs Ghostscript,
+# PSD, PDF, SVG, ...) are refused before any plugin looks at the file.
+UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 EXIF_ORIENTATION = 0x0112  # a camera's "turn me upright" tag, which TensorFlow ignores
-UPLOAD_HINT = "upload a PNG or JPEG picture."
+UPLOAD_HINT = "upload a PNG, JPEG, GIF, BMP, WebP or TIFF picture."
 MAX_PIXELS = 25_000_000  # a small file can still unpack into a huge picture
 DISPLAY_SIDE = 320  # longest side, in pixels, of the attention panels
 NUM_EXAMPLES = 4
@@ -67,14 +71,17 @@ def read_upload(path: str | Path, name: str) -> Upload:
     data = Path(path).read_bytes()
     unreadable = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
     try:
-        image = Image.open(io.BytesIO(data))  # reads the header only
+        image = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)  # reads the header only
     except Image.DecompressionBombError:
         raise ValueError(
             f"{name} has more than the {MAX_PIXELS // 1_000_000} million pixels this demo "
             "accepts; upload a smaller picture."
         ) from None
     except unreadable as error:
-        raise ValueError(f"{name} is not a picture that can be read; {UPLOAD_HINT}") from error
+        raise ValueError(
+            f"{name} is not a picture that can be read, or not in a supported picture format; "
+            f"{UPLOAD_HINT}"
+        ) from error
     with image:
         if image.width * image.height > MAX_PIXELS:
             raise ValueError(
@@ -144,39 +151,52 @@ def attention_panels(picture: np.ndarray, caption: Caption) -> list[tuple[np.nda
 
 
 def example_images(image_size: int) -> list[str]:
-    """Paths of a few generated shape pictures (written once into the temp folder)."""
-    folder = Path(tempfile.gettempdir()) / "glimpse-examples" / f"shapes-{image_size}px"
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"example-{index}.png" for index in range(NUM_EXAMPLES)]
-    if not all(path.is_file() for path in paths):
-        scenes = generate_scenes(NUM_EXAMPLES, seed=EXAMPLE_SEED, image_size=image_size)
-        for path, scene in zip(paths, scenes):
-            partial = path.with_suffix(f".{os.getpid()}.partial")
-            Image.fromarray(scene.image).save(partial, format="PNG")
-            partial.replace(path)  # atomic: another process never reads half a file
-    return [str(path) for path in paths]
+    """Paths of a few generated shape pictures, written into a new private folder.
+
+    The folder is made by `tempfile.mkdtemp`: a new, unguessable name, mode 0700, so no other
+    user can plant, replace or redirect a file in it, and no file this call did not write is
+    ever shown. Each file is created exclusively (never through an existing file or link). The
+    folder is removed when the process exits.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=f"glimpse-examples-{image_size}px-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    scenes = generate_scenes(NUM_EXAMPLES, seed=EXAMPLE_SEED, image_size=image_size)
+    paths = []
+    for index, scene in enumerate(scenes):
+        path = folder / f"example-{index}.png"
+        with open(path, "xb") as file:  # O_CREAT | O_EXCL
+            Image.fromarray(scene.image).save(file, format="PNG")
+        paths.append(str(path))
+    return paths
 
 
-def build_app(run_dir: str | Path = DEFAULT_RUN_DIR) -> gr.Blocks:
-    """The captioner page for the newest export in `run_dir` (or a "no model" notice)."""
+def build_app(
+    run_dir: str | Path = DEFAULT_RUN_DIR,
+    delete_cache: tuple[int, int] | None = serving.DELETE_CACHE,
+) -> gr.Blocks:
+    """The captioner page for the newest export in `run_dir` (or a "no model" notice).
+
+    `delete_cache` is `(check every, delete after)` in seconds for uploads and panels.
+    """
     model, image_size, problem = None, 64, None
     version_dir = serving.find_export(run_dir, EXPORT_NAME)
     if version_dir is None:
-        problem = serving.no_model_message(run_dir, EXPORT_NAME, TRAIN_MODULE)
+        problem = serving.no_model_problem(run_dir, EXPORT_NAME, TRAIN_MODULE)
     else:
         try:
             loaded = serving.load_export(version_dir)
             caption_endpoint(loaded.model)
             model, image_size = loaded.model, int(loaded.metadata.get("image_size", 64))
         except Exception as error:  # any failure to load is reported on the page instead
-            problem = serving.load_failed_message(version_dir, error, TRAIN_MODULE)
+            problem = serving.load_failed_problem(version_dir, error, EXPORT_NAME, TRAIN_MODULE)
     if problem:
-        print(problem, flush=True)
+        print(problem.log, flush=True)
+    kept = f" (uploads are kept {serving.duration_text(delete_cache[1])})" if delete_cache else ""
 
     def caption_upload(upload: dict | None, beam_size):
         """Payload of the image input (unprocessed: Gradio would choke on broken files)."""
         if model is None:
-            raise gr.Error(problem)
+            raise gr.Error(problem.page)
         if not upload or not upload.get("path"):
             raise gr.Error("Upload a picture first, or click one of the examples.")
         if beam_size not in [value for _, value in SEARCH_CHOICES]:
@@ -185,16 +205,17 @@ def build_app(run_dir: str | Path = DEFAULT_RUN_DIR) -> gr.Blocks:
         try:
             picture = read_upload(upload["path"], name)
             caption = run_caption(model, picture.model_bytes, int(beam_size))
+        except FileNotFoundError as error:  # the upload was older than `delete_cache` allows
+            raise gr.Error(f"{name} is no longer on the server{kept}; upload it again.") from error
         except ValueError as error:
             raise gr.Error(str(error)) from error
-        except Exception as error:  # TensorFlow's decode errors and the like
+        except Exception as error:  # TensorFlow's decode errors and the like (Gradio logs them)
             raise gr.Error(
-                f"The model could not caption {name} ({type(error).__name__}); "
-                "try the picture saved as PNG or JPEG."
+                f"The model could not caption {name}; try the picture saved as PNG or JPEG."
             ) from error
         return caption.text, round(caption.score, 4), attention_panels(picture.picture, caption)
 
-    with gr.Blocks(title="Glimpse captioner") as demo:
+    with gr.Blocks(title="Glimpse captioner", delete_cache=delete_cache) as demo:
         gr.Markdown(
             "## Glimpse: image captioner\n"
             "Upload a picture (or click an example) and press **Caption**. Each panel below "
@@ -202,9 +223,9 @@ def build_app(run_dir: str | Path = DEFAULT_RUN_DIR) -> gr.Blocks:
             "looked while writing it."
         )
         if problem:
-            gr.Markdown(f"**{problem}**", elem_id="problem")
-        elif version_dir is not None:
-            gr.Markdown(f"Model: `{version_dir}`")
+            gr.Markdown(f"**{problem.page}**", elem_id="problem")
+        elif version_dir is not None:  # the version only: the folder is the server's business
+            gr.Markdown(f"Model: {EXPORT_NAME} version {version_dir.name}", elem_id="model")
         with gr.Row():
             with gr.Column():
                 image = gr.Image(
@@ -242,7 +263,8 @@ def main(argv=None) -> None:
     parser.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="the training run to serve")
     serving.add_launch_arguments(parser)
     args = parser.parse_args(argv)
-    serving.serve_forever(build_app(args.run_dir), args.host, args.port, args.share)
+    settings = serving.prepare_launch(parser, args)
+    serving.serve_forever(build_app(args.run_dir, settings.delete_cache), settings)
 
 
 if __name__ == "__main__":

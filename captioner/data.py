@@ -17,10 +17,9 @@ model. `caption_pairs` turns any source into `(image, caption)` training pairs.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import tensorflow as tf
 from PIL import Image
 
 from captioner.shapes import Scene, ShapeObject, generate_scenes
+from shared.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +90,19 @@ def decode_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
 # A few hundred kilobytes of PNG can unpack into a 20000 x 20000 picture (a decompression bomb):
 # the size its header declares is checked before anything is decoded.
 MAX_IMAGE_PIXELS = 25_000_000
-_HEADER_BYTES = 26
+_HEADER_BYTES = 30  # up to the end of a WebP lossy frame header, the longest read below
 
 
 def declared_size(image_bytes: tf.Tensor) -> tf.Tensor:
-    """int64 `(height, width)` that a JPEG, PNG, GIF or BMP header declares, without decoding
-    the picture; `(0, 0)` for anything else (which the decoder then accepts or rejects)."""
+    """int64 `(height, width)` that a JPEG, PNG, GIF, BMP or WebP header declares, without
+    decoding the picture; `(0, 0)` for anything else (which the decoder then accepts or rejects).
+
+    BMP: the height is a signed number, negative for a picture stored top row first; its
+    magnitude is the height. WebP: the first chunk of the RIFF container says where the size
+    is: the lossy `VP8 ` frame header (14-bit sides), the lossless `VP8L` header (14-bit sides
+    minus one) or the extended `VP8X` canvas (24-bit sides minus one), which is also the size
+    of every frame of an animation.
+    """
     padded = tf.strings.join([image_bytes, tf.constant(b"\0" * _HEADER_BYTES)])
     head = tf.io.decode_raw(tf.strings.substr(padded, 0, _HEADER_BYTES), tf.uint8)
     head = tf.cast(head, tf.int64)
@@ -105,21 +112,43 @@ def declared_size(image_bytes: tf.Tensor) -> tf.Tensor:
         digits = digits if big_endian else tf.reverse(digits, [0])
         return tf.reduce_sum(digits * 256 ** tf.range(count - 1, -1, -1, dtype=tf.int64))
 
-    def starts_with(magic: bytes):
-        return tf.equal(tf.strings.substr(padded, 0, len(magic)), magic)
+    def signed(value, bits):
+        return tf.where(value >= 2 ** (bits - 1), value - 2**bits, value)
+
+    def low_bits(value, shift, count):
+        return tf.bitwise.bitwise_and(tf.bitwise.right_shift(value, shift), 2**count - 1)
+
+    def has(offset: int, magic: bytes):
+        return tf.equal(tf.strings.substr(padded, offset, len(magic)), magic)
 
     def jpeg_size():
         return tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.int64)
 
+    def bmp_size():
+        height, width = signed(number(22, 4, False), 32), signed(number(18, 4, False), 32)
+        return tf.abs(tf.stack([height, width]))
+
+    def webp_lossy_size():
+        height, width = number(28, 2, False), number(26, 2, False)  # top 2 bits: upscaling
+        return tf.stack([low_bits(height, 0, 14), low_bits(width, 0, 14)])
+
+    def webp_lossless_size():
+        sides = number(21, 4, False)  # width - 1 in bits 0-13, height - 1 in bits 14-27
+        return tf.stack([low_bits(sides, 14, 14) + 1, low_bits(sides, 0, 14) + 1])
+
+    def webp_canvas_size():
+        return tf.stack([number(27, 3, False) + 1, number(24, 3, False) + 1])
+
+    webp = has(0, b"RIFF") & has(8, b"WEBP")
     return tf.case(
         [
             (tf.io.is_jpeg(image_bytes), jpeg_size),
-            (starts_with(b"\x89PNG"), lambda: tf.stack([number(20, 4, True), number(16, 4, True)])),
-            (starts_with(b"GIF8"), lambda: tf.stack([number(8, 2, False), number(6, 2, False)])),
-            (
-                starts_with(b"BM"),
-                lambda: tf.abs(tf.stack([number(22, 4, False), number(18, 4, False)])),
-            ),
+            (has(0, b"\x89PNG"), lambda: tf.stack([number(20, 4, True), number(16, 4, True)])),
+            (has(0, b"GIF8"), lambda: tf.stack([number(8, 2, False), number(6, 2, False)])),
+            (has(0, b"BM"), bmp_size),
+            (webp & has(12, b"VP8 "), webp_lossy_size),
+            (webp & has(12, b"VP8L"), webp_lossless_size),
+            (webp & has(12, b"VP8X"), webp_canvas_size),
         ],
         default=lambda: tf.zeros([2], tf.int64),
     )
@@ -160,17 +189,47 @@ def _non_empty(strings: tf.Tensor) -> tf.Tensor:
     return tf.boolean_mask(strings, tf.not_equal(strings, ""))
 
 
-def _image_files_dataset(
-    image_paths: list[str], captions: list[list[str]], image_size: int
-) -> tf.data.Dataset:
-    """Image files plus their reference captions -> elements of the common structure."""
-    table = _padded_strings(captions)
+@dataclasses.dataclass(frozen=True)
+class ImageFiles:
+    """Captioned image files named by an annotation file, known before any picture is decoded.
+
+    `names[i]` is image i's file name as the annotations give it (`000000391895.jpg`): its
+    identity, the same on every machine, from which data splits are made. `paths[i]` is where
+    it is read from and `captions[i]` holds its reference captions.
+    """
+
+    names: tuple[str, ...]
+    paths: tuple[str, ...]
+    captions: tuple[tuple[str, ...], ...]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def subset(self, indices) -> ImageFiles:
+        """The images at `indices`, in that order."""
+        indices = list(indices)
+        return ImageFiles(
+            tuple(self.names[i] for i in indices),
+            tuple(self.paths[i] for i in indices),
+            tuple(self.captions[i] for i in indices),
+        )
+
+
+def image_files_dataset(images: ImageFiles, image_size: int) -> tf.data.Dataset:
+    """Image files plus their reference captions -> elements of the common structure.
+
+    The pictures are read and decoded lazily, as the dataset is iterated; its cardinality is
+    `len(images)`.
+    """
+    _check_image_size(image_size)
+    table = _padded_strings([list(refs) for refs in images.captions])
 
     def to_element(path: tf.Tensor, padded_captions: tf.Tensor) -> dict[str, tf.Tensor]:
         image = decode_image(tf.io.read_file(path), image_size)
         return {"image": image, "captions": _non_empty(padded_captions), **_no_objects()}
 
-    dataset = tf.data.Dataset.from_tensor_slices((np.array(image_paths, dtype=str), table))
+    paths = np.array(images.paths, dtype=str).reshape(len(images))
+    dataset = tf.data.Dataset.from_tensor_slices((paths, table[: len(images)]))
     return dataset.map(to_element, num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -224,14 +283,8 @@ def _scenes_to_arrays(scenes: list[Scene], image_size: int) -> dict[str, np.ndar
 def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Writes an .npz next to `path` and renames it into place: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        np.savez(file, **arrays)
 
 
 def _shapes_arrays(
@@ -350,15 +403,16 @@ def _require(entry: object, keys: dict[str, tuple[type, ...]], path: Path, where
 
 
 def _keep_existing_images(
-    image_paths: list[Path],
+    names: list[str],
     captions: list[list[str]],
     image_dir: Path,
     source: Path,
     skip_missing: bool,
-) -> tuple[list[str], list[list[str]]]:
+) -> ImageFiles:
     """Drops (with a warning) or reports (with a ValueError) images missing from `image_dir`."""
     if not image_dir.is_dir():
         raise ValueError(f"Image folder {image_dir} for {source} does not exist; check the path.")
+    image_paths = [image_dir / name for name in names]
     missing = [path for path in image_paths if not path.is_file()]
     if missing and not skip_missing:
         shown = ", ".join(path.name for path in missing[:_MISSING_FILES_SHOWN])
@@ -394,10 +448,14 @@ def _keep_existing_images(
     if broken:
         logger.warning("Skipping %d unreadable image(s) in %s.", len(broken), image_dir)
     missing_set = set(missing) | set(broken)
-    kept = [(str(p), c) for p, c in zip(image_paths, captions) if p not in missing_set]
+    kept = [i for i, path in enumerate(image_paths) if path not in missing_set]
     if not kept:
         raise ValueError(f"{source} has no captioned image in {image_dir}; check both paths.")
-    return [path for path, _ in kept], [refs for _, refs in kept]
+    return ImageFiles(
+        tuple(names[i] for i in kept),
+        tuple(str(image_paths[i]) for i in kept),
+        tuple(tuple(captions[i]) for i in kept),
+    )
 
 
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -443,6 +501,14 @@ def load_coco_json(
     "caption"}]}`; images without any caption are left out.
     """
     _check_image_size(image_size)
+    images = read_coco_json(annotations_json, image_dir, skip_missing=skip_missing)
+    return image_files_dataset(images, image_size)
+
+
+def read_coco_json(
+    annotations_json: str | Path, image_dir: str | Path, *, skip_missing: bool = False
+) -> ImageFiles:
+    """The captioned images of a COCO captions file (see `load_coco_json`), not decoded."""
     path, image_dir = Path(annotations_json), Path(image_dir)
     content = _read_json(path)
     if not isinstance(content, dict):
@@ -473,12 +539,9 @@ def load_coco_json(
     image_ids = [image_id for image_id in file_names if captions_by_id[image_id]]
     if len(image_ids) < len(file_names):
         logger.info("%s: %d image(s) have no caption.", path, len(file_names) - len(image_ids))
-    image_paths = [image_dir / file_names[image_id] for image_id in image_ids]
+    names = [file_names[image_id] for image_id in image_ids]
     captions = [captions_by_id[image_id] for image_id in image_ids]
-    kept_paths, kept_captions = _keep_existing_images(
-        image_paths, captions, image_dir, path, skip_missing
-    )
-    return _image_files_dataset(kept_paths, kept_captions, image_size)
+    return _keep_existing_images(names, captions, image_dir, path, skip_missing)
 
 
 # --- Flickr8k -------------------------------------------------------------------------------
@@ -507,6 +570,20 @@ def load_flickr8k(
     lines are ignored.
     """
     _check_image_size(image_size)
+    images = read_flickr8k(
+        token_file, image_dir, skip_malformed=skip_malformed, skip_missing=skip_missing
+    )
+    return image_files_dataset(images, image_size)
+
+
+def read_flickr8k(
+    token_file: str | Path,
+    image_dir: str | Path,
+    *,
+    skip_malformed: bool = False,
+    skip_missing: bool = False,
+) -> ImageFiles:
+    """The captioned images of a Flickr8k token file (see `load_flickr8k`), not decoded."""
     path, image_dir = Path(token_file), Path(image_dir)
     if not path.is_file():
         raise ValueError(f"Flickr8k token file {path} does not exist; check the path.")
@@ -536,12 +613,9 @@ def load_flickr8k(
     if not captions_by_file:
         raise ValueError(f"{path} holds no captions; pass a Flickr8k token file.")
 
-    image_paths = [image_dir / name for name in captions_by_file]
+    names = list(captions_by_file)
     captions = [[text for _, text in sorted(refs)] for refs in captions_by_file.values()]
-    kept_paths, kept_captions = _keep_existing_images(
-        image_paths, captions, image_dir, path, skip_missing
-    )
-    return _image_files_dataset(kept_paths, kept_captions, image_size)
+    return _keep_existing_images(names, captions, image_dir, path, skip_missing)
 
 
 # --- TFDS coco_captions ---------------------------------------------------------------------

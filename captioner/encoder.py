@@ -78,7 +78,11 @@ class RegionGrid(keras.layers.Layer):
         if feature_dim < 1:
             raise ValueError(f"Expected feature_dim >= 1. Received: feature_dim={feature_dim}")
         self.feature_dim = feature_dim
-        self.projection = keras.layers.Dense(feature_dim, activation="relu", name="projection")
+        # The layer's own dtype policy (`RegionGrid(dtype=...)`, not only the global one), so
+        # the projection computes in the dtype the positions are cast to.
+        self.projection = keras.layers.Dense(
+            feature_dim, activation="relu", dtype=self.dtype_policy, name="projection"
+        )
 
     def build(self, feature_map_shape):
         _, height, width, channels = feature_map_shape

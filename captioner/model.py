@@ -18,6 +18,7 @@ from keras import ops
 
 from captioner.encoder import PixelScaling, RegionGrid, backbone, pixel_scaling_for, small_cnn
 from shared.decoder import AttentionDecoder
+from shared.export import MAX_SERVING_BATCH
 from shared.search import search
 from shared.text import PAD_ID, TextVectorizer
 
@@ -151,11 +152,14 @@ class Captioner(keras.Model):
             "length": result.lengths,
         }
 
-    def serving_function(self, decode_image):
+    def serving_function(self, decode_image, max_batch: int = MAX_SERVING_BATCH):
         """The `caption` endpoint of the SavedModel: encoded image bytes in, captions out.
 
         `decode_image(bytes) -> uint8 (image_size, image_size, 3)` runs in the graph (see
-        `captioner.data.decode_image`).
+        `captioner.data.decode_image`). One call takes at most `max_batch` pictures
+        (`shared.export.MAX_SERVING_BATCH`, which the training script records in the export's
+        metadata as `max_batch`); a bigger batch is refused with an `InvalidArgumentError`
+        before any picture is decoded.
         """
 
         @tf.function(
@@ -165,6 +169,15 @@ class Captioner(keras.Model):
             ]
         )
         def caption(image_bytes, beam_size):
+            """`image_bytes` `(batch,)` with batch <= max_batch; `beam_size` () -> captions."""
+            too_many = tf.debugging.assert_less_equal(
+                tf.size(image_bytes),
+                max_batch,
+                message=f"caption takes at most {max_batch} pictures per call; "
+                "send the others in another call.",
+            )
+            with tf.control_dependencies([too_many]):
+                image_bytes = tf.identity(image_bytes)
             images = tf.map_fn(
                 decode_image,
                 image_bytes,

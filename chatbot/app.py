@@ -9,8 +9,11 @@ it does not know appear as [UNK]).
 
 The demo serves the newest SavedModel in `<run-dir>/export/chatbot/` through its `reply`
 endpoint (text in; reply, score and attention out), so it runs any exported chatbot and imports
-no model code. Each message is answered on its own: the endpoint takes one message, not the
-conversation.
+no model code. A model trained with `--context-turns N` (the export's metadata says N; 1 for
+older exports) is sent the conversation's last N turns joined by " ␞ ", built by the same
+function (`chatbot.turns.context_prompt`) that built its training prompts, so its reply can
+depend on what was said before. Retry (answer the last message again) and undo (take back the
+last exchange) are the chat's own buttons on the last reply.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from chatbot.turns import context_prompt
 from shared import serving
 from shared.plots import attention_heatmap
 
@@ -34,6 +38,8 @@ DEFAULT_RUN_DIR = "runs/chatbot"
 MODES = ("greedy", "beam search", "sampling")
 MAX_MESSAGE_CHARS = 500  # the model reads a bounded number of tokens anyway
 EMPTY_REPLY = "(the model replied with nothing)"
+# Prompts the default model (English ChatterBot corpus) knows; any text works.
+EXAMPLES = ("Hello", "How are you doing?", "What is AI?", "Tell me a joke", "Who are you?")
 
 
 @dataclass
@@ -76,6 +82,44 @@ def decoding_for(
         seed = random.randrange(2**31) if seed is None or seed < 0 else int(seed) % 2**31
         return Decoding(1, float(temperature), max(0, int(top_k)), float(top_p), seed)
     raise ValueError(f"Unknown decoding mode {mode!r}; choose one of {', '.join(MODES)}.")
+
+
+def context_turns_of(metadata: dict) -> int:
+    """The turns of a conversation the export's model reads, from its metadata (1 if unsaid)."""
+    value = metadata.get("context_turns", 1)  # exports older than the field read one turn
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"its metadata gives context_turns {value!r}, expected a positive integer")
+    return value
+
+
+def message_text(content) -> str:
+    """A chat message's text, whether its content is a string or a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        content = [content]
+    return " ".join(
+        part.get("text", "") for part in content or [] if part.get("type", "text") == "text"
+    )
+
+
+def conversation_turns(history: list[dict]) -> list[str]:
+    """The conversation's turns, oldest first; a reply shown as EMPTY_REPLY is an empty turn."""
+    turns = []
+    for message in history:
+        text = message_text(message.get("content"))
+        if message.get("role") == "assistant" and text == EMPTY_REPLY:
+            text = ""
+        turns.append(text)
+    return turns
+
+
+def last_user_message(history: list[dict]) -> int | None:
+    """The index of the last message the user wrote, or None."""
+    for index in range(len(history) - 1, -1, -1):
+        if history[index].get("role") == "user":
+            return index
+    return None
 
 
 def reply_endpoint(model):
@@ -122,60 +166,99 @@ def heatmap_picture(reply: Reply) -> Image.Image | None:
     return Image.open(io.BytesIO(png))
 
 
-def build_app(run_dir: str | Path = DEFAULT_RUN_DIR) -> gr.Blocks:
-    """The chat page for the newest export in `run_dir` (or a "no model" notice)."""
-    model, problem = None, None
+def build_app(
+    run_dir: str | Path = DEFAULT_RUN_DIR,
+    delete_cache: tuple[int, int] | None = serving.DELETE_CACHE,
+) -> gr.Blocks:
+    """The chat page for the newest export in `run_dir` (or a "no model" notice).
+
+    `delete_cache` is `(check every, delete after)` in seconds for the heatmap pictures.
+    """
+    model, problem, context_turns = None, None, 1
     version_dir = serving.find_export(run_dir, EXPORT_NAME)
     if version_dir is None:
-        problem = serving.no_model_message(run_dir, EXPORT_NAME, TRAIN_MODULE)
+        problem = serving.no_model_problem(run_dir, EXPORT_NAME, TRAIN_MODULE)
     else:
         try:
-            model = serving.load_export(version_dir).model
+            loaded = serving.load_export(version_dir)
+            model, context_turns = loaded.model, context_turns_of(loaded.metadata)
             reply_endpoint(model)
         except Exception as error:  # any failure to load is reported on the page instead
-            model, problem = None, serving.load_failed_message(version_dir, error, TRAIN_MODULE)
+            model = None
+            problem = serving.load_failed_problem(version_dir, error, EXPORT_NAME, TRAIN_MODULE)
     if problem:
-        print(problem, flush=True)
+        print(problem.log, flush=True)
+
+    def answer(history, message, settings) -> Reply:
+        """The model's reply to `message` after the conversation `history`; gr.Error if none."""
+        if model is None:
+            raise gr.Error(problem.page)
+        prompt = context_prompt(conversation_turns(history) + [message], context_turns)
+        try:
+            return run_reply(model, prompt, decoding_for(*settings))
+        except ValueError as error:
+            raise gr.Error(str(error)) from error
+        except Exception as error:  # TensorFlow errors and the like (Gradio logs them)
+            raise gr.Error(
+                "The model could not answer that message; try a shorter or plainer one."
+            ) from error
+
+    def exchange(message, reply):
+        return [
+            {"role": "user", "content": message},
+            {"role": "assistant", "content": reply.text or EMPTY_REPLY},
+        ]
 
     def respond(message, history, mode, beam_size, temperature, top_k, top_p, seed):
         """-> (cleared text box, conversation with the new turn, heatmap of the reply)."""
+        settings = (mode, beam_size, temperature, top_k, top_p, seed)
         history = list(history or [])
         message = (message or "").strip()[:MAX_MESSAGE_CHARS]
         if not message:
             gr.Warning("Type a message first: the box is empty.")
             return "", history, gr.skip()
-        if model is None:
-            raise gr.Error(problem)
-        try:
-            reply = run_reply(
-                model, message, decoding_for(mode, beam_size, temperature, top_k, top_p, seed)
-            )
-        except ValueError as error:
-            raise gr.Error(str(error)) from error
-        except Exception as error:  # TensorFlow errors and the like
-            raise gr.Error(
-                f"The model could not answer that message ({type(error).__name__}); "
-                "try a shorter or plainer one."
-            ) from error
-        history += [
-            {"role": "user", "content": message},
-            {"role": "assistant", "content": reply.text or EMPTY_REPLY},
-        ]
-        return "", history, heatmap_picture(reply)
+        reply = answer(history, message, settings)
+        return "", history + exchange(message, reply), heatmap_picture(reply)
+
+    def retry(history, mode, beam_size, temperature, top_k, top_p, seed):
+        """-> (conversation with its last message answered again, heatmap of the new reply)."""
+        settings = (mode, beam_size, temperature, top_k, top_p, seed)
+        history = list(history or [])
+        last = last_user_message(history)
+        if last is None:
+            gr.Warning("There is no message to answer again yet.")
+            return history, gr.skip()
+        message = message_text(history[last]["content"])
+        reply = answer(history[:last], message, settings)
+        return history[:last] + exchange(message, reply), heatmap_picture(reply)
+
+    def undo(history):
+        """-> (the last message back in the box, the conversation before it, no heatmap)."""
+        history = list(history or [])
+        last = last_user_message(history)
+        if last is None:
+            return gr.skip(), history, gr.skip()
+        return message_text(history[last]["content"]), history[:last], None
 
     def show_settings(mode):
         return gr.Slider(visible=mode == "beam search"), gr.Group(visible=mode == "sampling")
 
-    with gr.Blocks(title="Glimpse chatbot") as demo:
+    with gr.Blocks(title="Glimpse chatbot", delete_cache=delete_cache) as demo:
+        read = (
+            f"the conversation's last {context_turns} turns, joined by ␞"
+            if context_turns > 1
+            else "your message"
+        )
         gr.Markdown(
             "## Glimpse: chatbot\n"
-            "Type a message and press Enter. The heatmap shows, for the last reply, how much "
-            "each reply word (rows) attended to each word of your message (columns)."
+            "Type a message and press Enter, or pick an example. Under the last reply, ↻ answers "
+            "your message again and ↶ takes it back. The heatmap shows, for the last reply, how "
+            f"much each reply word (rows) attended to each word the model read (columns): {read}."
         )
         if problem:
-            gr.Markdown(f"**{problem}**", elem_id="problem")
-        elif version_dir is not None:
-            gr.Markdown(f"Model: `{version_dir}`")
+            gr.Markdown(f"**{problem.page}**", elem_id="problem")
+        elif version_dir is not None:  # the version only: the folder is the server's business
+            gr.Markdown(f"Model: {EXPORT_NAME} version {version_dir.name}", elem_id="model")
         with gr.Row():
             with gr.Column(scale=3):
                 chat = gr.Chatbot(label="Conversation", height=360, elem_id="conversation")
@@ -188,6 +271,7 @@ def build_app(run_dir: str | Path = DEFAULT_RUN_DIR) -> gr.Blocks:
                 with gr.Row():
                     send = gr.Button("Send", variant="primary", elem_id="send")
                     clear = gr.ClearButton(value="Clear")
+                gr.Examples([[example] for example in EXAMPLES], message, api_visibility="private")
             with gr.Column(scale=2):
                 mode = gr.Radio(list(MODES), value="greedy", label="Decoding")
                 beam_size = gr.Slider(2, 8, value=4, step=1, label="Beam size", visible=False)
@@ -205,6 +289,8 @@ def build_app(run_dir: str | Path = DEFAULT_RUN_DIR) -> gr.Blocks:
         outputs = [message, chat, heatmap]
         message.submit(respond, inputs, outputs, api_name="chat")
         send.click(respond, inputs, outputs, api_visibility="private")
+        chat.retry(retry, inputs[1:], [chat, heatmap], api_name="retry")
+        chat.undo(undo, chat, outputs, api_name="undo")
         mode.change(show_settings, mode, [beam_size, sampling], api_visibility="private")
     return demo
 
@@ -214,7 +300,8 @@ def main(argv=None) -> None:
     parser.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="the training run to serve")
     serving.add_launch_arguments(parser)
     args = parser.parse_args(argv)
-    serving.serve_forever(build_app(args.run_dir), args.host, args.port, args.share)
+    settings = serving.prepare_launch(parser, args)
+    serving.serve_forever(build_app(args.run_dir, settings.delete_cache), settings)
 
 
 if __name__ == "__main__":

@@ -29,10 +29,10 @@ import chatterbot_corpus
 import tensorflow as tf
 import yaml
 
+from chatbot.turns import context_prompt
+
 logger = logging.getLogger(__name__)
 
-TURN_SEPARATOR = "\u241e"  # same as shared.text.TURN_SEPARATOR
-_TURN_JOINER = f" {TURN_SEPARATOR} "  # joins the turns of a multi-turn prompt
 ON_ERROR_CHOICES = ("raise", "skip")
 SYNTHETIC_TASKS = ("copy", "reverse", "sort")
 
@@ -111,8 +111,9 @@ def _make_turn(text: str, location: str, problems: _Problems) -> _Turn | None:
 def _pairs_from_conversation(turns: list[_Turn | None], context_turns: int) -> list[Pair]:
     """Consecutive turns become prompt -> reply pairs: t0 -> t1, t1 -> t2, ...
 
-    The prompt is the last `context_turns` turns joined by " ␞ ". A None turn (a malformed
-    utterance, already reported) cuts the conversation: no pair or context crosses it.
+    The prompt is the last `context_turns` turns joined by " ␞ " (`chatbot.turns`, which the
+    demo uses too). A None turn (a malformed utterance, already reported) cuts the
+    conversation: no pair or context crosses it.
     """
     pairs = []
     history: list[_Turn] = []
@@ -121,8 +122,8 @@ def _pairs_from_conversation(turns: list[_Turn | None], context_turns: int) -> l
             history = []
             continue
         if history:
-            context = history[-context_turns:]
-            prompt = _TURN_JOINER.join(previous.text for previous in context)
+            context = [previous.text for previous in history[-context_turns:]]
+            prompt = context_prompt(context, context_turns)
             pairs.append(Pair(prompt=prompt, reply=turn.text, source=turn.location))
         history.append(turn)
     return pairs

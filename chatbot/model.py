@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 from shared.decoder import AttentionDecoder
+from shared.export import MAX_SERVING_BATCH
 from shared.search import search
 from shared.text import PAD_ID, TextVectorizer
 
@@ -193,8 +194,21 @@ class Seq2Seq(keras.Model):
             "length": result.lengths,
         }
 
-    def serving_function(self):
-        """The `reply` endpoint of the SavedModel: raw strings and search settings in."""
+    def serving_function(self, max_batch: int = MAX_SERVING_BATCH):
+        """The `reply` endpoint of the SavedModel: raw strings and search settings in.
+
+        One call takes at most `max_batch` texts (`shared.export.MAX_SERVING_BATCH`, which the
+        training script records in the export's metadata as `max_batch`); a bigger batch is
+        refused with an `InvalidArgumentError`. Of each text, only the first
+        `max_source_length * 32` characters are split into tokens (`shared.text`'s
+        characters-per-token limit) and only the first `max_source_length` tokens are read
+        (`max_source_length` is in the metadata too); the rest is ignored, not an error.
+
+        Each `text` is a prompt as training built it: for a model trained with
+        `--context-turns N` (the export's metadata records `context_turns`), the last N turns
+        of the conversation, user and bot alike, oldest first and ending with the message to
+        answer, joined by " ␞ " (`chatbot.turns.context_prompt`); with N = 1, the message alone.
+        """
 
         @tf.function(
             input_signature=[
@@ -207,6 +221,15 @@ class Seq2Seq(keras.Model):
             ]
         )
         def reply(text, beam_size, temperature, top_k, top_p, seed):
+            """`text` `(batch,)` with batch <= max_batch, and search settings -> replies."""
+            too_many = tf.debugging.assert_less_equal(
+                tf.size(text),
+                max_batch,
+                message=f"reply takes at most {max_batch} texts per call; "
+                "send the others in another call.",
+            )
+            with tf.control_dependencies([too_many]):
+                text = tf.identity(text)
             return self.reply_texts(
                 text,
                 beam_size=beam_size,

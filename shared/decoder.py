@@ -39,6 +39,12 @@ CELLS = {
 }
 ATTENTION_PLACEMENTS = ("bahdanau", "luong")
 FIXED_CONTEXT_PLACEMENTS = ("init_state", "every_step")
+PLACEMENTS = ATTENTION_PLACEMENTS + FIXED_CONTEXT_PLACEMENTS
+
+
+def default_placement(attention: str) -> str:
+    """The placement used when none is given: Bahdanau's with attention, else `init_state`."""
+    return FIXED_CONTEXT_PLACEMENTS[0] if attention == "none" else ATTENTION_PLACEMENTS[0]
 
 
 @keras.saving.register_keras_serializable(package="glimpse")
@@ -93,7 +99,7 @@ class AttentionDecoder(keras.layers.Layer):
                 f"Received: attention={attention!r}"
             )
         if placement is None:
-            placement = "init_state" if attention == "none" else "bahdanau"
+            placement = default_placement(attention)
         allowed = FIXED_CONTEXT_PLACEMENTS if attention == "none" else ATTENTION_PLACEMENTS
         if placement not in allowed:
             raise ValueError(
@@ -428,6 +434,10 @@ class AttentionDecoder(keras.layers.Layer):
             maximum_iterations=steps,
         )
         outputs = [tf.transpose(array.stack(), [1, 0, 2]) for array in outputs_by_time]
+        for output in outputs:
+            # A TensorArray of a dynamic size stacks to an unknown number of steps; the steps
+            # are those of `inputs`, so symbolic calls (keras.Input) and traced graphs keep T.
+            output.set_shape(inputs.shape[:2] + (None,))
         return outputs[0], outputs[1] if with_weights else None, state
 
     def get_config(self):

@@ -4,12 +4,29 @@ Why this module exists: each demo serves whatever SavedModel its run directory h
 `tf.saved_model.load` alone, so the demo works with any model that has the right endpoint and
 never imports model code. When there is no export yet, the page still opens and says which
 command makes one. Nothing here knows about images or dialogue.
+
+A demo may stay up for weeks on a public address, so launching also means: a password when it is
+shared (`--auth`, `--auth-file`), Gradio's traffic summary off unless asked for
+(`--monitoring`), uploads and generated pictures deleted after `--cache-minutes` from a cache
+folder only this process uses, and pages that show no server path or exception text (those go
+to the server's log).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import atexit
+import contextlib
+import ipaddress
 import os
+import re
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +38,10 @@ DEFAULT_PORT = 7860
 MAX_FILE_SIZE = "10mb"  # largest upload the server accepts
 CONCURRENCY_LIMIT = 2  # requests a demo runs at once (the machine has 2 cores)
 QUEUE_SIZE = 64  # requests that may wait; more are turned away
+CACHE_MINUTES = 60.0  # uploads and generated pictures are deleted once they are this old
+CACHE_CHECK_SECONDS = 600  # how often a demo looks for such files (at most)
+CACHE_DIR_PREFIX = "glimpse-gradio-"  # the private cache folder made by `use_private_cache_dir`
+GRADIO_CACHE_ENTRY = re.compile(r"[0-9a-f]{32,}")  # Gradio keeps each cached file in <hash>/
 
 
 @dataclass
@@ -47,20 +68,38 @@ def load_export(version_dir: str | os.PathLike) -> LoadedExport:
     )
 
 
-def no_model_message(run_dir: str | os.PathLike, name: str, train_module: str) -> str:
-    """What a demo says, on the page and on the console, when `run_dir` holds no export."""
-    return (
-        f"No trained {name} model was found in {Path(run_dir) / 'export' / name}/. "
-        f"Make one with `make demo` (trains both models, then opens both demos) or "
-        f"`python -m {train_module} --run-dir {run_dir}`, then start this demo again."
+@dataclass(frozen=True)
+class Problem:
+    """Why a demo has no model, said twice: `page` for whoever opens the page (no server path,
+    no exception text) and `log` for the operator's console (the folder and the error)."""
+
+    page: str
+    log: str
+
+
+def no_model_problem(run_dir: str | os.PathLike, name: str, train_module: str) -> Problem:
+    """What a demo says when `run_dir` holds no export."""
+    make_demo = "Make one with `make demo` (trains both models, then opens both demos) or"
+    return Problem(
+        page=f"No trained {name} model yet. {make_demo} `python -m {train_module}`, "
+        "then start this demo again.",
+        log=f"No trained {name} model was found in {Path(run_dir) / 'export' / name}/. "
+        f"{make_demo} `python -m {train_module} --run-dir {run_dir}`, "
+        "then start this demo again.",
     )
 
 
-def load_failed_message(version_dir: Path, error: Exception, train_module: str) -> str:
-    """What a demo says when an export exists but cannot be loaded."""
-    return (
-        f"The model in {version_dir} could not be loaded ({type(error).__name__}: {error}). "
-        f"Export it again with `python -m {train_module} --overwrite`."
+def load_failed_problem(
+    version_dir: str | os.PathLike, error: Exception, name: str, train_module: str
+) -> Problem:
+    """What a demo says when an export (`<run_dir>/export/<name>/<version>`) cannot be loaded."""
+    run_dir = Path(version_dir).parents[2]
+    again = f"Train and export it again with `python -m {train_module}"
+    return Problem(
+        page=f"The trained {name} model could not be loaded. {again} --overwrite`, then start "
+        "this demo again; the server's log says what went wrong.",
+        log=f"The model in {version_dir} could not be loaded ({type(error).__name__}: {error}). "
+        f"{again} --run-dir {run_dir} --overwrite`, then start this demo again.",
     )
 
 
@@ -80,33 +119,299 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def positive_minutes(text: str) -> float:
+    """A number of minutes above 0, for `--cache-minutes`."""
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = float("nan")
+    if not minutes > 0 or minutes == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of minutes above 0, got {text!r}")
+    return minutes
+
+
+def parse_credentials(text: str) -> tuple[str, str]:
+    """`USER:PASSWORD` (the password may hold colons) -> `(user, password)`."""
+    user, colon, password = text.partition(":")
+    if not colon or not user.strip() or not password:
+        raise argparse.ArgumentTypeError("expected USER:PASSWORD, both non-empty")
+    return user.strip(), password
+
+
+def read_auth_file(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """The `(user, password)` pairs of a file of `user:password` lines (`#` comments and blank
+    lines skipped); ValueError naming the line (never the password) when one is malformed.
+
+    Warns on stderr when other users of this machine may read the file.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or "not UTF-8 text"
+        raise ValueError(f"cannot read the auth file {path}: {reason}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        print(
+            f"warning: other users of this machine can read {path}; `chmod 600 {path}`.",
+            file=sys.stderr,
+            flush=True,
+        )
+    pairs = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            pairs.append(parse_credentials(line.rstrip("\r\n")))
+        except argparse.ArgumentTypeError:
+            raise ValueError(
+                f"{path}, line {number}: expected user:password, both non-empty"
+            ) from None
+    if not pairs:
+        raise ValueError(f"the auth file {path} holds no user:password line")
+    return pairs
+
+
+def delete_cache_for(minutes: float) -> tuple[int, int]:
+    """`gr.Blocks(delete_cache=...)` for files kept `minutes`: `(check every, delete after)` in
+    seconds, checking at least every `CACHE_CHECK_SECONDS`."""
+    age = max(1, round(minutes * 60))
+    return min(CACHE_CHECK_SECONDS, age), age
+
+
+DELETE_CACHE = delete_cache_for(CACHE_MINUTES)  # every page's default
+
+
+def duration_text(seconds: float) -> str:
+    """`seconds` for a visitor: "45 seconds", "90 minutes"."""
+    if seconds < 120:
+        return f"{seconds:g} second{'s' if seconds != 1 else ''}"
+    return f"{seconds / 60:g} minutes"
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` can only be reached from this machine (127.x.x.x, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--host`, `--port` and `--share`, the same for every demo."""
-    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
+    """`--host`, `--port`, `--share`, `--auth`, `--auth-file`, `--monitoring` and
+    `--cache-minutes`, the same for every demo; read them back with `prepare_launch`."""
     parser.add_argument(
-        "--share", type=parse_bool, default=False, help="ask Gradio for a public link (true/false)"
+        "--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="port to listen on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--share",
+        type=parse_bool,
+        default=False,
+        help="ask Gradio for a public link (true/false); needs --auth or --auth-file",
+    )
+    parser.add_argument(
+        "--auth",
+        type=parse_credentials,
+        metavar="USER:PASSWORD",
+        help="ask visitors for this user name and password (other users of this machine can "
+        "see it in the process list: prefer --auth-file)",
+    )
+    parser.add_argument(
+        "--auth-file",
+        metavar="PATH",
+        help="ask visitors for one of the user:password lines of this file (chmod 600 it)",
+    )
+    parser.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="serve Gradio's traffic summary at /monitoring/summary (off by default)",
+    )
+    parser.add_argument(
+        "--cache-minutes",
+        type=positive_minutes,
+        default=CACHE_MINUTES,
+        help="delete uploads and generated pictures once they are this many minutes old "
+        "(default: %(default)g)",
     )
 
 
-def launch(demo, host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT, **options):
+@dataclass
+class LaunchSettings:
+    """How `serve_forever` launches a page, as `prepare_launch` reads it from the flags."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    share: bool = False
+    auth: list[tuple[str, str]] | None = None
+    monitoring: bool = False
+    delete_cache: tuple[int, int] = DELETE_CACHE
+
+
+def prepare_launch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> LaunchSettings:
+    """Checks the flags of `add_launch_arguments` and gives Gradio a private cache folder.
+
+    Call it before building the page (Gradio's components read the cache folder when they are
+    made). Exits through `parser.error` when `--share` has no password or the auth file is
+    unusable; warns on stderr when a non-local `--host` has none (a proxy in front may ask for
+    one, and inside a container 0.0.0.0 is how the port is published, so it is not refused).
+    """
+    auth = [args.auth] if args.auth else []
+    if args.auth_file:
+        try:
+            auth += read_auth_file(args.auth_file)
+        except ValueError as error:
+            parser.error(str(error))
+    if args.share and not auth:
+        parser.error(
+            "--share true puts the demo on a public address; protect it with "
+            "--auth-file PATH (lines of user:password) or --auth USER:PASSWORD."
+        )
+    if not auth and not is_loopback(args.host):
+        print(
+            f"warning: --host {args.host} lets anyone who can reach this machine use the demo "
+            "without a password; add --auth-file PATH unless a proxy in front asks for one.",
+            file=sys.stderr,
+            flush=True,
+        )
+    use_private_cache_dir()
+    return LaunchSettings(
+        host=args.host,
+        port=args.port,
+        share=args.share,
+        auth=auth or None,
+        monitoring=args.monitoring,
+        delete_cache=delete_cache_for(args.cache_minutes),
+    )
+
+
+def use_private_cache_dir() -> Path:
+    """Points Gradio's file cache (GRADIO_TEMP_DIR) at a new folder only this user can open,
+    removed when the process exits; keeps a GRADIO_TEMP_DIR the operator set.
+
+    Gradio's default, <tmp>/gradio, is shared by every Gradio process on the machine and
+    readable by every user of it; a private folder keeps visitors' uploads from other local
+    users, lets the cache cleaning below remove whole folders safely, and leaves nothing behind.
+    """
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return Path(os.environ["GRADIO_TEMP_DIR"])
+    folder = Path(tempfile.mkdtemp(prefix=CACHE_DIR_PREFIX))  # mode 0700
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def clean_cache(blocks, folder: str | os.PathLike, age: int) -> None:
+    """One round of cache cleaning for a launched page, on top of Gradio's own `delete_cache`.
+
+    Gradio 6.31 deletes a page's cached files older than `age` seconds on a schedule, but its
+    scheduled task iterates the sets of cached files while requests add to them, and the first
+    "Set changed size during iteration" ends that task for good: from then on nothing is deleted.
+    So this round runs Gradio's deletion again (a collision only postpones it to the next round),
+    then removes the empty per-file folders Gradio leaves behind (one per upload or generated
+    picture, never removed otherwise) once they have been empty for `age` seconds.
+    """
+    from gradio.route_utils import delete_files_created_by_app
+
+    with contextlib.suppress(RuntimeError):  # a request added a file: the next round deletes it
+        delete_files_created_by_app(blocks, age)
+    cutoff = time.time() - age
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if (
+                GRADIO_CACHE_ENTRY.fullmatch(entry.name)
+                and entry.is_dir(follow_symlinks=False)
+                and entry.stat(follow_symlinks=False).st_mtime < cutoff
+            ):
+                with contextlib.suppress(OSError):  # not empty: still in use
+                    os.rmdir(entry.path)
+
+
+def cache_cleaner(frequency: int, age: int):
+    """A lifespan for Gradio's app that runs `clean_cache` every `frequency` seconds."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        async def clean_forever():
+            while True:
+                await asyncio.sleep(frequency)
+                try:
+                    await asyncio.to_thread(
+                        clean_cache, app.get_blocks(), app.uploaded_file_dir, age
+                    )
+                except Exception as error:  # one failed round must not end the cleaning
+                    print(f"cache cleaning failed ({type(error).__name__}: {error})", flush=True)
+
+        task = asyncio.create_task(clean_forever())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return lifespan
+
+
+def launch(
+    demo,
+    host: str = DEFAULT_HOST,
+    port: int | None = DEFAULT_PORT,
+    *,
+    auth: list[tuple[str, str]] | None = None,
+    monitoring: bool = False,
+    **options,
+):
     """Queues and launches a `gr.Blocks` with the demos' limits; returns Gradio's launch tuple.
 
-    `options` go to `Blocks.launch` (for example `prevent_thread_lock=True` or `share=True`).
+    `auth` is a list of `(user, password)` pairs; `monitoring` turns on Gradio's
+    /monitoring/summary (Gradio serves it to anyone unless told otherwise); unexpected
+    exceptions never reach the page (`show_error=False`). When the page has `delete_cache`, the
+    cache is also cleaned by `cache_cleaner` on the same schedule. `options` go to
+    `Blocks.launch` (for example `prevent_thread_lock=True` or `share=True`).
     """
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE)
-    return demo.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE, **options)
+    options.setdefault("show_error", False)
+    if demo.delete_cache:
+        cleaner = cache_cleaner(*demo.delete_cache)
+        options.setdefault("app_kwargs", {}).setdefault("lifespan", cleaner)
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        max_file_size=MAX_FILE_SIZE,
+        auth=auth,
+        enable_monitoring=monitoring,
+        **options,
+    )
 
 
-def serve_forever(demo, host: str, port: int, share: bool = False) -> None:
-    """Launches `demo` for a command-line user: prints its address, then serves until Ctrl+C."""
+def serve_forever(demo, settings: LaunchSettings) -> None:
+    """Launches `demo` for a command-line user: prints its address, then serves until Ctrl+C
+    (or SIGTERM, so that a service manager's stop also closes the server and cleans up)."""
     try:
         _, local_url, share_url = launch(
-            demo, host, port, share=share, prevent_thread_lock=True, quiet=True
+            demo,
+            settings.host,
+            settings.port,
+            auth=settings.auth,
+            monitoring=settings.monitoring,
+            share=settings.share,
+            prevent_thread_lock=True,
+            quiet=True,
         )
     except OSError as error:
         raise SystemExit(
-            f"error: cannot listen on {host}:{port} (in use?); pass --port with a free port."
+            f"error: cannot listen on {settings.host}:{settings.port} (in use?); "
+            "pass --port with a free port."
         ) from error
+    signal.signal(signal.SIGTERM, _interrupt)
     print(f"Demo running at {share_url or local_url} (press Ctrl+C to stop)", flush=True)
     demo.block_thread()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # what `block_thread` waits for to close the server

@@ -208,6 +208,12 @@ class TextVectorizer(keras.layers.Layer):
     def vocabulary_size(self) -> int:
         return len(self.vocabulary)
 
+    def build(self, text_shape=None):
+        # Without it, Keras's default `build` (run when a saved model is loaded) warns that the
+        # lookup is left unbuilt. The lookup reads the tokens, a flat string vector.
+        self.lookup.build((None,))
+        self.built = True
+
     def _token_ids(self, text: tf.Tensor, length: int) -> tf.RaggedTensor:
         text = repair_utf8(tf.convert_to_tensor(text, tf.string))  # before cutting by character
         text = tf.strings.substr(text, 0, length * _CHARS_PER_TOKEN_LIMIT, unit="UTF8_CHAR")

@@ -7,9 +7,7 @@ from dataclasses import dataclass
 from captioner.encoder import ENCODERS
 from shared.attention import ATTENTION_SCORES
 from shared.config import setting
-from shared.decoder import CELLS
-
-PLACEMENTS = ("bahdanau", "luong", "init_state", "every_step")
+from shared.decoder import CELLS, PLACEMENTS, default_placement
 
 
 @dataclass
@@ -21,8 +19,30 @@ class CaptionerConfig:
         "shapes (built in) | coco:ANNOTATIONS.json:IMAGE_DIR | flickr8k:TOKEN_FILE:IMAGE_DIR "
         "| tfds:coco_captions",
     )
+    val_data: str = setting(
+        "",
+        "held-out images in the --data format (coco:captions_val2017.json:val2017): split in "
+        "half by image into validation and test, and every image of --data trains; empty: "
+        "--data is split (captioner/splits.py)",
+    )
+    split_lists: str = setting(
+        "auto",
+        "flickr8k: FOLDER holding Flickr_8k.trainImages.txt, Flickr_8k.devImages.txt and "
+        "Flickr_8k.testImages.txt | auto: the token file's folder, if it holds them | none: "
+        "90/5/5 by a hash of each image's file name",
+    )
     on_error: str = setting(
         "raise", "malformed annotation lines, missing image files: raise | skip", ("raise", "skip")
+    )
+    cache_images: str = setting(
+        "auto",
+        "where decoded training and validation images are kept between epochs: memory | disk "
+        "(a file cache in <run-dir>/image_cache) | none (decoded again every epoch) | auto "
+        "(memory up to --cache-memory-gib, disk above it; the shapes data always in memory)",
+        ("auto", "memory", "disk", "none"),
+    )
+    cache_memory_gib: float = setting(
+        2.0, "--cache-images auto: the most GiB of decoded images kept in memory"
     )
     data_dir: str = setting("data", "where generated data and TFDS datasets are kept")
     num_train: int = setting(6000, "shapes scenes for training")
@@ -48,7 +68,12 @@ class CaptionerConfig:
     attention: str = setting(
         "additive", "attention score", choices=tuple(ATTENTION_SCORES) + ("none",)
     )
-    placement: str = setting("bahdanau", "where attention enters the decoder", choices=PLACEMENTS)
+    placement: str | None = setting(
+        None,
+        "where attention enters the decoder (unset: bahdanau with attention, init_state with "
+        "--attention none)",
+        choices=PLACEMENTS,
+    )
     dropout: float = setting(0.1, "dropout on embeddings and output features")
     attention_regularization: float = setting(
         0.0, "doubly stochastic attention penalty λ (Xu et al. use 1.0)"
@@ -73,8 +98,8 @@ class CaptionerConfig:
     )
     jit_compile: bool = setting(
         False,
-        "compile each training step with XLA (benchmarks/README.md: on a 2-core CPU 1.4x for "
-        "the chatbot, 20 %% slower for the captioner; compiles once per batch shape)",
+        "compile each training step with XLA (compiles once per batch shape; whether it is "
+        "faster depends on the machine: benchmarks/README.md has measurements)",
     )
     precision: str = setting(
         "float32",
@@ -86,6 +111,11 @@ class CaptionerConfig:
     # === Evaluation ===
     beam_size: int = setting(3, "beam size for the beam-search evaluation")
     samples: int = setting(8, "attention pictures written to samples/")
+
+    def __post_init__(self):
+        # Resolved here, so config.json names the placement the run really used.
+        if self.placement is None:
+            self.placement = default_placement(self.attention)
 
     def decoder_settings(self) -> dict:
         return {

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from chatbot.model import ENCODER_CELLS
 from shared.attention import ATTENTION_SCORES
 from shared.config import setting
-from shared.decoder import CELLS
-from training.captioner_config import PLACEMENTS
+from shared.decoder import CELLS, PLACEMENTS, default_placement
 
 
 @dataclass
@@ -51,7 +50,12 @@ class ChatbotConfig:
     attention: str = setting(
         "additive", "attention score", choices=tuple(ATTENTION_SCORES) + ("none",)
     )
-    placement: str = setting("bahdanau", "where attention enters the decoder", choices=PLACEMENTS)
+    placement: str | None = setting(
+        None,
+        "where attention enters the decoder (unset: bahdanau with attention, init_state with "
+        "--attention none)",
+        choices=PLACEMENTS,
+    )
     input_feeding: bool = setting(True, "Luong placement: feed the attentional vector back")
     dropout: float = setting(
         0.0, "dropout on embeddings and output features (0: the default run memorises its corpus)"
@@ -76,8 +80,8 @@ class ChatbotConfig:
     )
     jit_compile: bool = setting(
         False,
-        "compile each training step with XLA (benchmarks/README.md: on a 2-core CPU 1.4x for "
-        "the chatbot, 20 %% slower for the captioner; compiles once per batch shape)",
+        "compile each training step with XLA (compiles once per batch shape; whether it is "
+        "faster depends on the machine: benchmarks/README.md has measurements)",
     )
     precision: str = setting(
         "float32",
@@ -99,6 +103,11 @@ class ChatbotConfig:
             "bidirectional": self.bidirectional,
             "dropout": self.dropout,
         }
+
+    def __post_init__(self):
+        # Resolved here, so config.json names the placement the run really used.
+        if self.placement is None:
+            self.placement = default_placement(self.attention)
 
     def decoder_settings(self) -> dict:
         return {

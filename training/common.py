@@ -30,6 +30,7 @@ import keras
 import tensorflow as tf
 
 from shared import config as config_io
+from shared import files
 from shared.export import latest_version
 from shared.text import Vocabulary
 from training import distribute
@@ -70,9 +71,10 @@ def prepare_run_dir(run_dir: str | os.PathLike, config, export_name: str, overwr
     if not config_path.is_file():
         return run_dir
     finished = latest_version(run_dir / "export" / export_name) is not None
-    same_config = _comparable(json.loads(config_path.read_text(encoding="utf-8"))) == _comparable(
-        dataclasses.asdict(config)
-    )
+    saved = json.loads(config_path.read_text(encoding="utf-8"))
+    # A setting added since the run was saved counts with its default, so old runs resume.
+    defaults = {field.name: field.default for field in dataclasses.fields(config)}
+    same_config = _comparable({**defaults, **saved}) == _comparable(dataclasses.asdict(config))
     if overwrite:
         for stale in STALE_ON_OVERWRITE:
             path = run_dir / stale
@@ -102,6 +104,7 @@ STALE_ON_OVERWRITE = (
     "history.csv",
     "logs",
     "features",
+    "image_cache",
     "metrics.json",
     "samples",
     "vocabulary.json",
@@ -110,9 +113,9 @@ STALE_ON_OVERWRITE = (
 )
 
 
-# Settings that say where and on what a run is computed, not what it computes: a run may resume
-# under other values.
-NOT_DEFINING_A_RUN = ("run_dir", "strategy", "devices")
+# Settings that say where and on what a run is computed, or where its decoded images are kept,
+# not what it computes: a run may resume under other values.
+NOT_DEFINING_A_RUN = ("run_dir", "strategy", "devices", "cache_images", "cache_memory_gib")
 
 
 def _comparable(settings: dict) -> dict:
@@ -183,9 +186,8 @@ def fit(
     best = run_dir / "model.keras"
     if best.is_file():
         _load_weights_only(model, best)
-    partial = run_dir / f".partial-{FINISHED_WEIGHTS}"
-    model.save_weights(partial)
-    os.replace(partial, finished)
+    with files.atomic_path(finished) as partial:
+        model.save_weights(partial)
 
 
 def _load_weights_only(model: keras.Model, path: Path) -> None:
@@ -240,12 +242,9 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         if current is None or not current < self.best:
             return
         self.best = float(current)
-        partial = self.path.with_name(f".partial-{self.path.name}")
-        self.model.save(partial)
-        os.replace(partial, self.path)
+        with files.atomic_path(self.path) as partial:
+            self.model.save(partial)
 
 
 def write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    files.write_text(path, json.dumps(data, indent=2, ensure_ascii=False))

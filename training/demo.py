@@ -59,16 +59,20 @@ def train_if_missing(model: DemoModel, runs_dir: Path) -> bool:
     return True
 
 
-def build_demo(runs_dir: Path):
-    """One `gr.Blocks` page with a tab per model."""
+def build_demo(runs_dir: Path, delete_cache: tuple[int, int] = serving.DELETE_CACHE):
+    """One `gr.Blocks` page with a tab per model; `delete_cache` as in the apps' `build_app`."""
     import gradio as gr
 
     from captioner.app import build_app as build_captioner
     from chatbot.app import build_app as build_chatbot
 
     builders = {"captioner": build_captioner, "chatbot": build_chatbot}
-    apps = [builders[model.name](runs_dir / model.name) for model in MODELS]
-    return gr.TabbedInterface(apps, [model.tab_title for model in MODELS], title="Glimpse")
+    apps = [builders[model.name](runs_dir / model.name, delete_cache) for model in MODELS]
+    page = gr.TabbedInterface(apps, [model.tab_title for model in MODELS], title="Glimpse")
+    # Gradio cleans the cache of the Blocks it launches (the tabs' cached files join this one's
+    # when they are rendered into it), and TabbedInterface takes no `delete_cache` argument.
+    page.delete_cache = delete_cache
+    return page
 
 
 def main(argv=None) -> None:
@@ -77,12 +81,13 @@ def main(argv=None) -> None:
     parser.add_argument("--runs-dir", default="runs", help="holds one run folder per model")
     serving.add_launch_arguments(parser)
     args = parser.parse_args(argv)
+    settings = serving.prepare_launch(parser, args) if not args.no_launch else None
 
     runs_dir = Path(args.runs_dir)
     succeeded = [train_if_missing(model, runs_dir) for model in MODELS]
-    if args.no_launch:
+    if settings is None:
         sys.exit(0 if all(succeeded) else 1)
-    serving.serve_forever(build_demo(runs_dir), args.host, args.port, args.share)
+    serving.serve_forever(build_demo(runs_dir, settings.delete_cache), settings)
 
 
 if __name__ == "__main__":

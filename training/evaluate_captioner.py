@@ -7,13 +7,17 @@ On the shapes data it also measures what the captions and the attention get righ
 - attention localisation: when the decoder writes an object's shape word, the share of its
   attention on the grid cells that overlap that object's box.
 
-Writes `metrics.json` and attention pictures of a few test images to `samples/`.
+Writes `metrics.json` and attention pictures of a few test images to `samples/`. The test split
+is captioned a batch at a time and only what the metrics need is kept (captions, references,
+object counts) plus the `--samples` images drawn for pictures, chosen before captioning starts:
+a split of any size is evaluated in the memory of one batch.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -34,7 +38,16 @@ def _strings(array) -> list[str]:
 
 
 def caption_split(model: Captioner, dataset: tf.data.Dataset, beam_size: int, batch_size=64):
-    """Captions every element; returns one dict per image with what evaluation needs."""
+    """`caption_records` as a list: holds every image and its attention (small splits only)."""
+    return list(caption_records(model, dataset, beam_size, batch_size))
+
+
+def caption_records(
+    model: Captioner, dataset: tf.data.Dataset, beam_size: int, batch_size=64
+) -> Iterator[dict]:
+    """Captions every element, a batch at a time; yields one dict per image with what
+    evaluation needs: "image", "caption", "tokens", "attention" `(max_length, regions)`,
+    "references", "labels", "boxes". Only the current batch is held."""
     size = model.image_size
 
     @tf.function(
@@ -46,23 +59,19 @@ def caption_split(model: Captioner, dataset: tf.data.Dataset, beam_size: int, ba
     def caption(images, beam):
         return model.caption_images(images, beam_size=beam)
 
-    records = []
     for batch in dataset.padded_batch(batch_size).as_numpy_iterator():
         outputs = caption(tf.constant(batch["image"]), tf.constant(beam_size))
         outputs = {name: value.numpy() for name, value in outputs.items()}
         for i in range(len(batch["image"])):
-            records.append(
-                {
-                    "image": batch["image"][i],
-                    "caption": outputs["caption"][i].decode("utf-8"),
-                    "tokens": [t for t in _strings(outputs["tokens"][i]) if t],
-                    "attention": outputs["attention"][i],
-                    "references": [c for c in _strings(batch["captions"][i]) if c],
-                    "labels": [x for x in _strings(batch["labels"][i]) if x],
-                    "boxes": batch["boxes"][i][: len([x for x in batch["labels"][i] if x])],
-                }
-            )
-    return records
+            yield {
+                "image": batch["image"][i],
+                "caption": outputs["caption"][i].decode("utf-8"),
+                "tokens": [t for t in _strings(outputs["tokens"][i]) if t],
+                "attention": outputs["attention"][i],
+                "references": [c for c in _strings(batch["captions"][i]) if c],
+                "labels": [x for x in _strings(batch["labels"][i]) if x],
+                "boxes": batch["boxes"][i][: len([x for x in batch["labels"][i] if x])],
+            }
 
 
 def cells_overlapping(box, grid_shape) -> np.ndarray:
@@ -93,43 +102,110 @@ def attention_on_objects(record, grid_shape) -> list[float]:
     return shares
 
 
+def objects_named(record) -> tuple[int, int]:
+    """(objects whose "size colour shape" phrase appears in the caption, objects) of one image."""
+    words = record["caption"].split()
+    mentioned = collections.Counter(" ".join(words[i : i + 3]) for i in range(len(words)))
+    named = total = 0
+    for label, count in collections.Counter(record["labels"]).items():
+        named += min(count, mentioned[label])
+        total += count
+    return named, total
+
+
 def object_recall(records) -> float:
     """Share of all objects whose "size colour shape" phrase appears in their image's caption."""
-    named = total = 0
-    for record in records:
-        words = record["caption"].split()
-        mentioned = collections.Counter(" ".join(words[i : i + 3]) for i in range(len(words)))
-        for label, count in collections.Counter(record["labels"]).items():
-            named += min(count, mentioned[label])
-            total += count
-    return named / max(total, 1)
+    counts = [objects_named(record) for record in records]
+    return sum(named for named, _ in counts) / max(sum(total for _, total in counts), 1)
+
+
+class Scores:
+    """What the metrics need, gathered one record at a time: the caption and references of
+    every image, and for images with objects the object counts and attention shares. Neither
+    an image nor its attention is kept, so a split of any size is scored in little memory."""
+
+    def __init__(self, grid_shape):
+        self.grid_shape = tuple(grid_shape)
+        self.hypotheses: list[str] = []
+        self.references: list[list[str]] = []
+        self.named = self.objects = 0
+        self.shares: list[float] = []
+
+    def add(self, record) -> None:
+        self.hypotheses.append(record["caption"])
+        self.references.append(record["references"])
+        if record["labels"]:
+            named, total = objects_named(record)
+            self.named += named
+            self.objects += total
+            self.shares.extend(attention_on_objects(record, self.grid_shape))
+
+    def result(self) -> dict:
+        hypotheses, references = self.hypotheses, self.references
+        metrics = {
+            **corpus_bleu(hypotheses, references),
+            "cider_d": cider_d(hypotheses, references),
+        }
+        if self.objects:
+            metrics["object_recall"] = self.named / self.objects
+            metrics["attention_localisation"] = float(np.mean(self.shares)) if self.shares else 0.0
+            metrics["shape_words_localised"] = len(self.shares)
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
 
 
 def score(records, grid_shape) -> dict:
-    hypotheses = [r["caption"] for r in records]
-    references = [r["references"] for r in records]
-    metrics = {**corpus_bleu(hypotheses, references), "cider_d": cider_d(hypotheses, references)}
-    if any(r["labels"] for r in records):
-        shares = [s for r in records for s in attention_on_objects(r, grid_shape)]
-        metrics["object_recall"] = object_recall(records)
-        metrics["attention_localisation"] = float(np.mean(shares)) if shares else 0.0
-        metrics["shape_words_localised"] = len(shares)
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+    scores = Scores(grid_shape)
+    for record in records:
+        scores.add(record)
+    return scores.result()
 
 
-def evaluate(model: Captioner, config: CaptionerConfig, run_dir: Path) -> dict:
-    """Greedy and beam metrics on the test split; writes metrics.json and samples/."""
-    from training.train_captioner import load_split  # the data wiring lives with training
+def sample_indices(count: int, samples: int) -> list[int]:
+    """`samples` indices spread evenly over `count` images (the first ones if `count` is
+    unknown, i.e. negative): the images drawn as attention pictures, chosen before any is
+    captioned."""
+    if count < 0:
+        return list(range(samples))
+    return sorted({int(i) for i in np.linspace(0, count - 1, min(samples, count)).round()})
 
-    test = load_split(config, "test")
+
+def score_split(model: Captioner, dataset: tf.data.Dataset, beam_size: int, keep=()):
+    """Captions `dataset` streaming; returns (metrics, the records at indices `keep`, images).
+
+    Only the metric inputs (`Scores`) and the kept records stay in memory."""
+    keep = set(keep)
+    scores = Scores(model.grid_shape)
+    kept = []
+    count = 0
+    for index, record in enumerate(caption_records(model, dataset, beam_size)):
+        scores.add(record)
+        if index in keep:  # copies: a view would keep its whole batch alive
+            kept.append(
+                {**record, "image": record["image"].copy(), "attention": record["attention"].copy()}
+            )
+        count += 1
+    return scores.result(), kept, count
+
+
+def evaluate(
+    model: Captioner, config: CaptionerConfig, run_dir: Path, test: tf.data.Dataset | None = None
+) -> dict:
+    """Greedy and beam metrics on the test split (`test`, or the one `config` names); writes
+    metrics.json and the attention pictures of `config.samples` test images to samples/."""
+    if test is None:
+        from training.train_captioner import load_split  # the data wiring lives with training
+
+        test = load_split(config, "test")
+    keep = sample_indices(max(int(test.cardinality()), -1), config.samples)
     results = {}
     for name, beam_size in (("greedy", 1), (f"beam{config.beam_size}", config.beam_size)):
-        records = caption_split(model, test, beam_size)
-        results[name] = score(records, model.grid_shape)
+        results[name], samples, count = score_split(
+            model, test, beam_size, keep if name == "greedy" else ()
+        )
         print(f"test {name}: {results[name]}")
         if name == "greedy":
-            write_samples(records[: config.samples], model.grid_shape, run_dir / "samples")
-    results["test_images"] = len(records)
+            write_samples(samples[: config.samples], model.grid_shape, run_dir / "samples")
+    results["test_images"] = count
     write_json(run_dir / "metrics.json", results)
     return results
 

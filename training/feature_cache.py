@@ -11,6 +11,7 @@ maps with `tf.data`'s file cache, and later epochs (and a resumed run) read them
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
 import tensorflow as tf
@@ -28,7 +29,7 @@ def cached_features(
     if not model.cnn_is_frozen:
         raise ValueError("Only a frozen backbone's features can be cached.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_unfinished_cache(path)
+    remove_unfinished_cache(path)
 
     encode = tf.function(lambda images: tf.cast(model.feature_map(images), tf.float32))
     image_spec = dataset.element_spec["image"]
@@ -64,9 +65,15 @@ def cached_features(
     return cached
 
 
-def _remove_unfinished_cache(path: Path) -> None:
-    """A run killed while caching leaves a lock file and partial shards: start them over."""
-    lock = Path(f"{path}.lockfile")
-    if lock.exists():
-        for partial in path.parent.glob(f"{path.name}*"):
+def remove_unfinished_cache(path: Path) -> None:
+    """Removes what a run killed while filling the `tf.data` file cache at `path` left behind.
+
+    tf.data writes `<path>_0.lockfile` and `<path>_0.data-…tempstate…` while it fills the cache
+    and renames them to `<path>.index` / `<path>.data-…` once a pass has ended; a lock file that
+    is still there makes every later iterator fail ("concurrent caching iterator"), so the lock
+    and the partial shards are removed and the cache is filled again.
+    """
+    name = glob.escape(path.name)
+    if any(path.parent.glob(f"{name}*.lockfile")):
+        for partial in path.parent.glob(f"{name}*"):
             partial.unlink()

@@ -22,8 +22,9 @@ import tensorflow as tf
 
 from chatbot.data import Pair, load_pairs, split_pairs, unique_pairs
 from chatbot.model import Seq2Seq
+from chatbot.turns import TURN_JOINER
 from shared import config as config_io
-from shared.export import write_savedmodel
+from shared.export import MAX_SERVING_BATCH, write_savedmodel
 from shared.metrics import MaskedAccuracy, MaskedCrossEntropy
 from shared.text import Vocabulary
 from training import batching, distribute
@@ -132,8 +133,11 @@ def export(model: Seq2Seq, run_dir, config: ChatbotConfig):
             "data": config.data,
             "mode": config.mode,
             "max_source_length": config.max_source_length,
+            "context_turns": config.context_turns,
+            "max_batch": MAX_SERVING_BATCH,
             "inputs": {
-                "text": "string (batch,)",
+                "text": "string (batch ≤ max_batch,) — the conversation's last context_turns "
+                f"turns, oldest first, joined by {TURN_JOINER!r}",
                 "beam_size": "int32 ()",
                 "temperature": "float32 () — > 0 samples, else beam search",
                 "top_k": "int32 ()",

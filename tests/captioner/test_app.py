@@ -165,16 +165,16 @@ def test_corrupt_upload_is_a_clear_error(client, tmp_path):
         client.predict(handle_file(path), 3, api_name="/caption")
 
 
-def test_no_export_page_says_how_to_train(tmp_path, capsys):
-    run_dir = tmp_path / "runs" / "captioner"
+def page_without_model(run_dir: Path, tmp_path: Path) -> tuple[dict, str, list[str]]:
+    """Serves the page for `run_dir` (which has no usable model) and asks it for a caption:
+    -> (the page's config, the error the request got, the page's `problem` notices)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         demo = app.build_app(run_dir)
         try:
-            url = serve(demo)
-            no_model_client = Client(url, verbose=False)
+            no_model_client = Client(serve(demo), verbose=False)
             page_config = no_model_client.config
-            with pytest.raises(AppError, match="python -m training.train_captioner"):
+            with pytest.raises(AppError) as refused:
                 no_model_client.predict(
                     handle_file(bright_square_picture(tmp_path / "p.png")), 3, api_name="/caption"
                 )
@@ -185,11 +185,83 @@ def test_no_export_page_says_how_to_train(tmp_path, capsys):
         for c in page_config["components"]
         if c.get("props", {}).get("elem_id") == "problem"
     ]
+    return page_config, str(refused.value), notices
+
+
+def test_no_export_page_says_how_to_train(tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "captioner"
+    page_config, error, notices = page_without_model(run_dir, tmp_path)
     assert len(notices) == 1
-    assert "No trained captioner model was found" in notices[0]
-    assert "`make demo`" in notices[0]
-    assert f"python -m training.train_captioner --run-dir {run_dir}" in notices[0]
-    assert "No trained captioner model was found" in capsys.readouterr().out
+    assert "No trained captioner model yet" in notices[0]
+    assert "`make demo`" in notices[0] and "`python -m training.train_captioner`" in notices[0]
+    assert "No trained captioner model yet" in error
+    assert str(tmp_path) not in json.dumps(page_config) + error  # no server path on the page
+    log = capsys.readouterr().out  # the operator's console names the folder
+    assert f"No trained captioner model was found in {run_dir / 'export' / 'captioner'}/" in log
+    assert f"python -m training.train_captioner --run-dir {run_dir}" in log
+
+
+def test_broken_export_page_shows_no_path_or_exception_text(tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "captioner"
+    version_dir = run_dir / "export" / "captioner" / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "saved_model.pb").write_bytes(b"")  # looks complete, cannot be loaded
+    with pytest.raises(ValueError) as load_error:
+        serving.load_export(version_dir)
+    detail = str(load_error.value)[:60]
+
+    page_config, error, notices = page_without_model(run_dir, tmp_path)
+    assert len(notices) == 1
+    assert "The trained captioner model could not be loaded" in notices[0]
+    assert "python -m training.train_captioner --overwrite" in notices[0]
+    assert "could not be loaded" in error
+    page = json.dumps(page_config) + error
+    assert str(tmp_path) not in page and detail not in page and "ValueError" not in page
+    log = capsys.readouterr().out
+    assert f"The model in {version_dir} could not be loaded (ValueError: {detail}" in log
+    assert f"--run-dir {run_dir} --overwrite" in log
+
+
+def test_page_names_the_model_version_not_its_folder(client, runs_dir):
+    shown = [
+        c["props"].get("value", "")
+        for c in client.config["components"]
+        if c.get("props", {}).get("elem_id") == "model"
+    ]
+    assert shown == ["Model: captioner version 1"]
+    assert str(runs_dir) not in json.dumps(client.config)
+
+
+def test_a_model_failure_shows_no_exception_text(client, tmp_path, monkeypatch):
+    def failing(*args, **kwargs):
+        raise RuntimeError("kaboom in /srv/models/secret")
+
+    monkeypatch.setattr(app, "run_caption", failing)
+    picture = handle_file(bright_square_picture(tmp_path / "picture.png"))
+    with pytest.raises(AppError) as refused:
+        client.predict(picture, 1, api_name="/caption")
+    assert "The model could not caption picture.png; try the picture saved as PNG" in str(
+        refused.value
+    )
+    assert "kaboom" not in str(refused.value) and "RuntimeError" not in str(refused.value)
+
+
+def test_an_upload_deleted_from_the_cache_asks_to_upload_again(client, tmp_path, monkeypatch):
+    """A page left open longer than `delete_cache` keeps: its upload is gone from the server."""
+    read_upload = app.read_upload
+
+    def read_after_cleaning(path, name):
+        Path(path).unlink()  # what the cache cleaning does to an upload older than an hour
+        return read_upload(path, name)
+
+    monkeypatch.setattr(app, "read_upload", read_after_cleaning)
+    picture = handle_file(bright_square_picture(tmp_path / "picture.png"))
+    with pytest.raises(
+        AppError,
+        match=r"picture\.png is no longer on the server \(uploads are kept 60 minutes\); "
+        "upload it again",
+    ):
+        client.predict(picture, 1, api_name="/caption")
 
 
 def test_read_upload_keeps_png_bytes_and_reencodes_tiff(tmp_path):

@@ -7,6 +7,7 @@ attends only to the input word it copies, so every answer the page gives is know
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from PIL import Image
 
 from chatbot import app
 from shared import serving
+from shared.export import METADATA_FILE
 
 FAKE_SOURCE_LENGTH = 8  # input tokens the fake reads; longer messages are cut
 FAKE_MAX_LENGTH = 8
@@ -178,15 +180,16 @@ def test_decoding_for_each_mode():
         app.decoding_for("sampling", 1, 0.5, 0, 1.5, 0)
 
 
-def test_no_export_page_says_how_to_train(tmp_path, capsys):
-    run_dir = tmp_path / "runs" / "chatbot"
+def page_without_model(run_dir: Path) -> tuple[dict, str, list[str]]:
+    """Serves the page for `run_dir` (which has no usable model) and sends it a message:
+    -> (the page's config, the error the message got, the page's `problem` notices)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         demo = app.build_app(run_dir)
         try:
             no_model_client = Client(serve(demo), verbose=False)
             page_config = no_model_client.config
-            with pytest.raises(AppError, match="python -m training.train_chatbot"):
+            with pytest.raises(AppError) as refused:
                 no_model_client.predict("hello", [], *GREEDY, api_name="/chat")
         finally:
             demo.close()
@@ -195,7 +198,157 @@ def test_no_export_page_says_how_to_train(tmp_path, capsys):
         for c in page_config["components"]
         if c.get("props", {}).get("elem_id") == "problem"
     ]
+    return page_config, str(refused.value), notices
+
+
+def test_no_export_page_says_how_to_train(tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "chatbot"
+    page_config, error, notices = page_without_model(run_dir)
     assert len(notices) == 1
-    assert "No trained chatbot model was found" in notices[0]
-    assert f"python -m training.train_chatbot --run-dir {run_dir}" in notices[0]
-    assert "No trained chatbot model was found" in capsys.readouterr().out
+    assert "No trained chatbot model yet" in notices[0]
+    assert "`python -m training.train_chatbot`" in notices[0] and "No trained chatbot" in error
+    assert str(tmp_path) not in json.dumps(page_config) + error  # no server path on the page
+    log = capsys.readouterr().out  # the operator's console names the folder
+    assert f"No trained chatbot model was found in {run_dir / 'export' / 'chatbot'}/" in log
+    assert f"python -m training.train_chatbot --run-dir {run_dir}" in log
+
+
+def test_broken_export_page_shows_no_path_or_exception_text(tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "chatbot"
+    version_dir = run_dir / "export" / "chatbot" / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "saved_model.pb").write_bytes(b"")  # looks complete, cannot be loaded
+    with pytest.raises(ValueError) as load_error:
+        serving.load_export(version_dir)
+    detail = str(load_error.value)[:60]
+
+    page_config, error, notices = page_without_model(run_dir)
+    assert len(notices) == 1
+    assert "The trained chatbot model could not be loaded" in notices[0]
+    assert "python -m training.train_chatbot --overwrite" in notices[0]
+    assert "could not be loaded" in error
+    page = json.dumps(page_config) + error
+    assert str(tmp_path) not in page and detail not in page and "ValueError" not in page
+    log = capsys.readouterr().out
+    assert f"The model in {version_dir} could not be loaded (ValueError: {detail}" in log
+
+
+def test_page_names_the_model_version_not_its_folder(client, run_dir):
+    shown = [
+        c["props"].get("value", "")
+        for c in client.config["components"]
+        if c.get("props", {}).get("elem_id") == "model"
+    ]
+    assert shown == ["Model: chatbot version 1"]
+    assert str(run_dir) not in json.dumps(client.config)
+
+
+def test_a_model_failure_shows_no_exception_text(client, monkeypatch):
+    def failing(*args, **kwargs):
+        raise RuntimeError("kaboom in /srv/models/secret")
+
+    monkeypatch.setattr(app, "run_reply", failing)
+    with pytest.raises(AppError) as refused:
+        client.predict("hello there", [], *GREEDY, api_name="/chat")
+    assert "The model could not answer that message; try a shorter" in str(refused.value)
+    assert "kaboom" not in str(refused.value) and "RuntimeError" not in str(refused.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Context, retry, undo and examples
+
+
+def test_page_offers_example_prompts_for_the_message_box(client):
+    components = {c["id"]: c for c in client.config["components"]}
+    [message_box] = [i for i, c in components.items() if c["props"].get("elem_id") == "message"]
+    [examples] = [c for c in components.values() if c.get("type") == "dataset"]
+    assert examples["props"]["samples"] == [[example] for example in app.EXAMPLES]
+    [loads] = [d for d in client.config["dependencies"] if examples["id"] in d["inputs"]]
+    assert loads["outputs"] == [message_box]
+
+
+def test_reply_offers_retry_and_undo(client):
+    [chat] = [c for c in client.config["components"] if c["props"].get("elem_id") == "conversation"]
+    assert chat["props"]["_retryable"] and chat["props"]["_undoable"]  # shows both buttons
+
+
+def said(*turns: str) -> list[dict]:
+    """A conversation in Gradio 6's wire format: user, assistant, user, ..."""
+    roles = ("user", "assistant")
+    return [
+        {"role": roles[i % 2], "content": [{"type": "text", "text": turn}]}
+        for i, turn in enumerate(turns)
+    ]
+
+
+def test_retry_answers_the_last_message_again(client):
+    history = said("hello there", "there hello", "good morning", "stale reply")
+
+    again, heatmap = client.predict(history, *GREEDY, api_name="/retry")
+    assert texts(again) == texts(history)[:3] + [("assistant", "morning good")]
+    assert heatmap_size(heatmap)[0] > 100
+
+    sampled, _ = client.predict(history, *SAMPLING, api_name="/retry")
+    assert texts(sampled)[3:] == [("assistant", "MORNING GOOD")]
+
+
+def test_retry_without_a_message_changes_nothing(client):
+    again, _ = client.predict([], *GREEDY, api_name="/retry")
+    assert again == []
+
+
+def test_undo_takes_back_the_last_exchange(client):
+    _, first, _ = client.predict("hello there", [], *GREEDY, api_name="/chat")
+    _, second, _ = client.predict("good morning", first, *GREEDY, api_name="/chat")
+
+    box, undone, heatmap = client.predict(second, api_name="/undo")
+    assert box == "good morning"  # back in the box, to edit or send again
+    assert texts(undone) == texts(first)
+    assert heatmap is None
+
+    box, empty, _ = client.predict(undone, api_name="/undo")
+    assert (box, empty) == ("hello there", [])
+
+
+@pytest.fixture(scope="module")
+def context_client(tmp_path_factory):
+    """The page over a fake export whose metadata says its model reads the last 2 turns."""
+    run_dir = tmp_path_factory.mktemp("runs") / "chatbot"
+    version_dir = write_fake_chatbot(run_dir)
+    (version_dir / METADATA_FILE).write_text(json.dumps({"kind": "chatbot", "context_turns": 2}))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        demo = app.build_app(run_dir)
+        try:
+            yield Client(serve(demo), verbose=False)
+        finally:
+            demo.close()
+
+
+def test_a_multi_turn_model_is_sent_the_last_turns(context_client):
+    # The fake reverses what it reads; "␞" (not a-z) reads as [UNK].
+    _, history, _ = context_client.predict("good morning", [], *GREEDY, api_name="/chat")
+    assert texts(history)[-1] == ("assistant", "morning good")  # first turn: the message alone
+
+    _, history, heatmap = context_client.predict("see you", history, *GREEDY, api_name="/chat")
+    assert texts(history)[-1] == ("assistant", "you see [UNK] good morning")
+    assert heatmap_size(heatmap)[0] > 100
+
+    stale = history[:-1] + said("", "stale")[1:]
+    again, _ = context_client.predict(stale, *GREEDY, api_name="/retry")
+    assert texts(again) == texts(history)  # retried with the same context
+
+
+def test_an_empty_reply_cuts_the_context(context_client):
+    for reply, read in (("words", "there hello [UNK] words"), (app.EMPTY_REPLY, "there hello")):
+        history = said("what", reply)
+        _, history, _ = context_client.predict("hello there", history, *GREEDY, api_name="/chat")
+        assert texts(history)[-1] == ("assistant", read), reply
+
+
+def test_context_turns_come_from_the_export_metadata():
+    assert app.context_turns_of({}) == 1  # exports written before the field
+    assert app.context_turns_of({"context_turns": 3}) == 3
+    for bad in (0, -1, True, "2", 1.5):
+        with pytest.raises(ValueError, match="context_turns"):
+            app.context_turns_of({"context_turns": bad})

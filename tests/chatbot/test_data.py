@@ -10,7 +10,6 @@ import pytest
 import tensorflow as tf
 
 from chatbot.data import (
-    TURN_SEPARATOR,
     DataError,
     Pair,
     list_languages,
@@ -27,6 +26,7 @@ from chatbot.data import (
     synthetic_vocabulary,
     unique_pairs,
 )
+from shared.text import TURN_SEPARATOR
 
 JOINER = f" {TURN_SEPARATOR} "
 

@@ -7,12 +7,12 @@ import pytest
 from shared.attention import (
     ATTENTION_SCORES,
     AdditiveAttention,
-    ConcatAttention,
     DotAttention,
     GeneralAttention,
     make_attention,
     masked_mean,
 )
+from tests.shared import numpy_reference as reference
 
 BATCH, SOURCE_LEN, QUERY_STEPS = 3, 5, 4
 QUERY_DIM, MEMORY_DIM, UNITS = 6, 7, 4
@@ -50,26 +50,15 @@ def built_layer(score: str, seed: int = 0) -> keras.layers.Layer:
     return layer
 
 
-def kernel(dense: keras.layers.Dense) -> np.ndarray:
-    return keras.ops.convert_to_numpy(dense.kernel)
-
-
 def numpy_scores(layer, query: np.ndarray, memory: np.ndarray) -> np.ndarray:
-    """Scores `(B, Tq, S)` for queries `(B, Tq, dim)`, straight from each paper's formula."""
-    if isinstance(layer, AdditiveAttention):  # also ConcatAttention, which adds a key bias
-        w_query = kernel(layer.query_projection)
-        w_key = kernel(layer.key_projection)
-        v = kernel(layer.energy)[:, 0]
-        keys = memory @ w_key
-        if isinstance(layer, ConcatAttention):
-            keys = keys + keras.ops.convert_to_numpy(layer.key_projection.bias)
-        hidden = np.tanh((query @ w_query)[:, :, None, :] + keys[:, None, :, :])
-        return hidden @ v
-    if isinstance(layer, GeneralAttention):
-        w = kernel(layer.key_projection)
-        return np.einsum("bqd,bsd->bqs", query, memory @ w)
-    assert isinstance(layer, DotAttention)
-    return np.einsum("bqd,bsd->bqs", query, memory)
+    """Scores `(B, Tq, S)` for queries `(B, Tq, dim)`, straight from each paper's formula
+    (`numpy_reference.scores`), with the layer's weights read by their paths."""
+    weights = {
+        variable.path.split("/", 1)[1]: keras.ops.convert_to_numpy(variable)
+        for variable in layer.weights
+    }
+    score = next(name for name, kind in ATTENTION_SCORES.items() if type(layer) is kind)
+    return reference.scores(score, weights, query, memory)
 
 
 def numpy_attention(layer, query, memory, mask):

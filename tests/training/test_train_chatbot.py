@@ -141,6 +141,7 @@ def test_export_is_a_complete_numbered_savedmodel(trained):
     metadata = json.loads((version_dir(trained) / "glimpse.json").read_text(encoding="utf-8"))
     assert metadata["kind"] == "chatbot"
     assert metadata["data"] == trained.config.data
+    assert metadata["context_turns"] == trained.config.context_turns == 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -491,6 +492,73 @@ def test_demo_serves_the_trained_export(trained, served):
         demo.close()
 
 
+# Two conversations in which "more" is answered according to the turn before it.
+CONVERSATIONS = (("hi", "alpha", "more", "xray"), ("hello", "bravo", "more", "yankee"))
+CORNELL_SEPARATOR = " +++$+++ "
+
+
+def write_cornell_corpus(directory: Path, conversations) -> Path:
+    """`conversations` as a Cornell Movie-Dialogs corpus: movie_lines.txt, movie_conversations.txt."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lines, conversation_lines = [], []
+    for conversation in conversations:
+        ids = []
+        for text in conversation:
+            ids.append(f"L{len(lines) + 1}")
+            lines.append(CORNELL_SEPARATOR.join([ids[-1], "u0", "m0", "SOMEONE", text]))
+        conversation_lines.append(CORNELL_SEPARATOR.join(["u0", "u1", "m0", repr(ids)]))
+    (directory / "movie_lines.txt").write_text("\n".join(lines) + "\n", "iso-8859-1")
+    (directory / "movie_conversations.txt").write_text(
+        "\n".join(conversation_lines) + "\n", "iso-8859-1"
+    )
+    return directory
+
+
+def test_demo_sends_a_multi_turn_model_its_context(tmp_path):
+    """Trained with --context-turns 2, the model answers "more" after "alpha" and after "bravo"
+    differently, as its corpus does, when chatting in the demo (which sends the last 2 turns)."""
+    from gradio_client import Client
+
+    from chatbot import app
+    from tests.chatbot.test_app import GREEDY, serve, texts
+
+    corpus = write_cornell_corpus(tmp_path / "corpus", CONVERSATIONS)
+    run_dir = tmp_path / "run"
+    code, stderr = run_cli(
+        main,
+        [
+            f"--data=cornell:{corpus}",
+            "--context-turns=2",
+            f"--run-dir={run_dir}",
+            "--no-evaluate",
+            "--epochs=20",
+            "--patience=20",
+            "--learning-rate=0.05",
+            "--units=32",
+            "--encoder-units=16",
+            "--embedding-dim=16",
+        ],
+    )
+    assert code == 0, stderr[-3000:]
+    metadata = json.loads((run_dir / "export" / EXPORT_NAME / "1" / "glimpse.json").read_text())
+    assert metadata["context_turns"] == 2
+
+    demo = app.build_app(run_dir)
+    try:
+        client = Client(serve(demo), verbose=False)
+        for opening, answer, follow_up, last_answer in CONVERSATIONS:
+            _, history, _ = client.predict(opening, [], *GREEDY, api_name="/chat")
+            _, history, _ = client.predict(follow_up, history, *GREEDY, api_name="/chat")
+            assert texts(history) == [
+                ("user", opening),
+                ("assistant", answer),
+                ("user", follow_up),
+                ("assistant", last_answer),  # "xray" after "alpha", "yankee" after "bravo"
+            ]
+    finally:
+        demo.close()
+
+
 def bfloat16_ops(export) -> int:
     """How many ops of the export's `reply` functions compute in bfloat16."""
     library = export.signatures["reply"].graph.as_graph_def().library
@@ -530,3 +598,24 @@ def test_mixed_bfloat16_trains_and_exports_a_servable_model(trained, tmp_path):
         assert outputs["reply"].shape == (len(PROMPTS),)
         assert outputs["score"].dtype == tf.float32
         assert np.all(np.isfinite(outputs["score"].numpy()))
+
+
+def test_attention_none_alone_trains_and_exports_with_the_decoders_default_placement(tmp_path):
+    """`--attention none` needs no `--placement`: the decoder's own default (init_state) is used."""
+    run_dir = tmp_path / "no-attention"
+    argv = [
+        "--attention=none",
+        "--data=reverse:num=60,max_len=4",
+        "--epochs=1",
+        "--units=8",
+        "--encoder-units=4",
+        "--embedding-dim=4",
+        "--samples=1",
+        "--no-evaluate",
+        f"--run-dir={run_dir}",
+    ]
+    code, stderr = run_cli(main, argv)
+    assert code == 0, stderr
+    assert export_versions(run_dir, EXPORT_NAME) == [1]
+    saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    assert (saved["attention"], saved["placement"]) == ("none", "init_state")
