@@ -94,7 +94,8 @@ def read_upload(path: str | Path, name: str) -> Upload:
             rotated = image.getexif().get(EXIF_ORIENTATION, 1) != 1
             rgba = ImageOps.exif_transpose(image).convert("RGBA")
         except unreadable as error:
-            raise ValueError(f"{name} is damaged or incomplete ({error}); {UPLOAD_HINT}") from error
+            # Pillow's own text (file offsets, decoder names) goes to the log via the chained error.
+            raise ValueError(f"{name} is damaged or incomplete; {UPLOAD_HINT}") from error
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     picture = Image.alpha_composite(white, rgba).convert("RGB")
     if file_format not in TF_DECODABLE_FORMATS or rotated:

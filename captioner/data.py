@@ -12,6 +12,8 @@ Sources: the built-in shapes scenes (generated once, cached on disk), COCO-style
 the Flickr8k token file, and TFDS `coco_captions` (only if already prepared: nothing downloads).
 `decode_image` and `resize_image` are the one image path for all of them and for the exported
 model. `caption_pairs` turns any source into `(image, caption)` training pairs.
+`read_coco_json` and `read_flickr8k` give the captioned files (`ImageFiles`) before any picture
+is decoded, so they can be split by image (`captioner.splits`) and counted first.
 """
 
 from __future__ import annotations

@@ -293,9 +293,9 @@ def use_private_cache_dir() -> Path:
     """Points Gradio's file cache (GRADIO_TEMP_DIR) at a new folder only this user can open,
     removed when the process exits; keeps a GRADIO_TEMP_DIR the operator set.
 
-    Gradio's default, <tmp>/gradio, is shared by every Gradio process on the machine and
+    Gradio's default, <tmp>/gradio, is shared by every Gradio program on the machine and
     readable by every user of it; a private folder keeps visitors' uploads from other local
-    users, lets the cache cleaning below remove whole folders safely, and leaves nothing behind.
+    users, keeps other programs' files out of `clean_cache`, and leaves nothing behind.
     """
     if os.environ.get("GRADIO_TEMP_DIR"):
         return Path(os.environ["GRADIO_TEMP_DIR"])
@@ -319,6 +319,8 @@ def clean_cache(blocks, folder: str | os.PathLike, age: int) -> None:
 
     with contextlib.suppress(RuntimeError):  # a request added a file: the next round deletes it
         delete_files_created_by_app(blocks, age)
+    if not os.path.isdir(folder):  # nothing cached yet
+        return
     cutoff = time.time() - age
     with os.scandir(folder) as entries:
         for entry in entries:

@@ -4,14 +4,12 @@ leaves out for layers called with several inputs and for whole models.
 `keras.src.testing.TestCase.run_layer_test` (the harness Keras and keras-hub run on every layer)
 checks the config round trip, serialization, that `build()` creates every weight, symbolic
 (`keras.Input`) against eager output shapes and dtypes, one compiled training step and the
-mixed-precision dtypes. Two of its parts assume a layer with one input:
-
-- the training step calls `layer(x)`, so a layer called as `layer(query, memory)` or
-  `layer(targets, memory)` cannot take it: `run_fit_step` runs the same step (SGD on the sum of
-  the first output, `jit_compile="auto"`) with the inputs passed by name, and also checks that
-  every trainable weight moved, i.e. got a gradient;
-- nothing else: with `input_shape` as a dict of `<argument>_shape` entries, build, symbolic call,
-  eager call and mixed precision all work (the way Keras tests `MultiHeadAttention`).
+mixed-precision dtypes. With `input_shape` a dict of `<argument>_shape` entries it builds and
+calls a layer that takes several inputs by name (the way Keras tests `MultiHeadAttention`), but
+its training step calls `layer(x)` with one input, so Keras turns it off for such layers.
+`run_fit_step` runs the same step (`fit`, SGD on the sum of the first output,
+`jit_compile="auto"`: no XLA on a CPU) with the inputs passed by name, and also checks that every
+trainable weight gets a gradient that is not all zeros.
 
 Models (`Captioner`, `Seq2Seq`) take a dict of inputs and keep string vocabularies, so
 `run_model_checks` does for them what the harness does for layers: the serialization test
@@ -26,6 +24,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 from keras.src import testing
 
@@ -57,17 +56,29 @@ class HarnessTestCase(testing.TestCase):
         super().tearDown()
 
     def run_fit_step(self, layer, inputs):
-        """One compiled SGD step on the sum of the layer's first output; every trainable weight
-        must change. `inputs`: dict of argument name -> array."""
-        model = CallByName(layer)
-        first = model(inputs)
-        before = [np.array(w) for w in layer.trainable_weights]
-        self.assertNotEmpty(before)
-        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=SumLoss(), jit_compile="auto")
-        model.fit(inputs, ops.zeros_like(first), batch_size=len(first), epochs=1, verbose=0)
-        for weight, old in zip(layer.trainable_weights, before):
-            self.assertNotAllClose(
-                np.array(weight), old, msg=f"{weight.path} got no gradient"
+        """The harness's training step for a layer called with several inputs, `inputs` a dict
+        of argument name -> array (see `fit_one_step`)."""
+        self.fit_one_step(CallByName(layer), inputs, layer)
+
+    def fit_one_step(self, model, inputs, owner):
+        """The harness's training step: `fit` (compiled as it compiles by default) one SGD step
+        on the sum of the output. Then every trainable weight of `owner` must get a gradient
+        that is not all zeros: one a wrong `build` or a cut in the graph leaves out gets None.
+        (The gradients, not the weights' change: an SGD step on this loss moves some weights
+        less than float32 can show.)"""
+        output = model(inputs)
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss=SumLoss(), jit_compile="auto")
+        history = model.fit(inputs, ops.zeros_like(output), batch_size=len(output), verbose=0)
+        self.assertTrue(np.isfinite(history.history["loss"][0]))
+        weights = owner.trainable_weights
+        with tf.GradientTape() as tape:
+            loss = ops.sum(ops.cast(model(inputs, training=True), "float32"))
+            loss += sum(ops.sum(extra) for extra in model.losses)
+        for weight, gradient in zip(weights, tape.gradient(loss, weights)):
+            self.assertIsNotNone(gradient, msg=f"{weight.path} gets no gradient")
+            self.assertTrue(
+                np.any(tf.convert_to_tensor(gradient).numpy() != 0),
+                msg=f"{weight.path} gets a gradient of zeros",
             )
 
     def run_model_checks(
@@ -98,11 +109,7 @@ class HarnessTestCase(testing.TestCase):
         self.assertEqual(tuple(symbolic.shape[1:]), tuple(eager.shape[1:]))
         self.assertEqual(symbolic.dtype, keras.backend.standardize_dtype(eager.dtype))
 
-        before = [np.array(w) for w in model.trainable_weights]
-        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=SumLoss(), jit_compile="auto")
-        model.fit(inputs, ops.zeros_like(eager), batch_size=len(eager), verbose=0)
-        for weight, old in zip(model.trainable_weights, before):
-            self.assertNotAllClose(np.array(weight), old, msg=f"{weight.path} got no gradient")
+        self.fit_one_step(model, inputs, model)
 
         keras.mixed_precision.set_global_policy(mixed_precision)
         try:

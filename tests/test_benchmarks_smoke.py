@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -71,17 +72,29 @@ def test_decoder_levers_compare_the_same_computation(tmp_path):
             assert losses == pytest.approx([losses[0]] * len(losses), rel=1e-5), (app, family)
 
 
-def test_interleaved_timing_calls_in_turns_and_pairs_each_round():
+def test_interleaved_timing_calls_in_turns_and_pairs_each_round(monkeypatch):
     """`time_interleaved` alternates the functions (so load changes hit all alike) and gives
-    each one's time relative to the first function's, round by round."""
-    from benchmarks.common import time_interleaved
+    each one's time relative to the first function's, round by round: the median of the
+    per-round ratios, which is neither the ratio of the medians nor the mean ratio."""
+    from benchmarks import common
 
+    clock = [0.0]  # a fake `time.perf_counter` that only the functions below move
+    monkeypatch.setattr(common, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    durations = {"a": iter([9.0, 1.0, 2.0, 1.0]), "b": iter([9.0, 2.0, 3.0, 10.0])}
     calls = []
-    stats = time_interleaved(
-        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1
+
+    def run(name):
+        calls.append(name)
+        clock[0] += next(durations[name])
+
+    stats = common.time_interleaved(
+        {"a": lambda: run("a"), "b": lambda: run("b")}, repeats=3, warmup=1
     )
-    assert calls == ["a", "b"] * 4  # one warm-up round, then three timed rounds
+    assert calls == ["a", "b"] * 4  # one warm-up round (9 s each, not timed), three timed
     assert set(stats) == {"a", "b"}
     assert stats["a"]["n"] == stats["b"]["n"] == 3
+    assert stats["a"]["p50_ms"] == pytest.approx(1000.0)
+    assert stats["b"]["mean_ms"] == pytest.approx(5000.0)
     assert stats["a"]["paired_ratio"] == 1.0
-    assert stats["b"]["paired_ratio"] > 0
+    # Rounds: b/a = 2/1, 3/2, 10/1 -> median 2.0 (ratio of medians 3.0, mean ratio 4.5).
+    assert stats["b"]["paired_ratio"] == pytest.approx(2.0)

@@ -285,7 +285,19 @@ def test_eight_clients_with_mixed_requests_all_get_the_right_answer(served):
     chat_ok("good morning")(after, served, REQUESTS)
 
 
+class GradioCacheRace(Exception):
+    """Requests failed with the known race's symptom, and nothing else failed."""
+
+
+# What a client sees when the race empties a picture under it (the server logs h11's "Too
+# little data for declared Content-Length").
+RACE_SYMPTOM = re.compile(
+    r"RemoteProtocolError: peer closed connection without sending complete message body"
+)
+
+
 @pytest.mark.xfail(
+    raises=GradioCacheRace,  # any other failure fails the test
     strict=False,  # a race: it shows on most runs, not all, so it cannot be strict
     reason="known bug (race): Gradio writes output pictures into its cache under a name made "
     "from their content, in place (gradio.processing_utils.save_pil_to_cache); a second "
@@ -300,7 +312,11 @@ def test_identical_requests_at_the_same_time_all_get_their_pictures(served):
         assert answer[0] == "a red image"
 
     failures = run_users(served, ["same"] * 64, {"same": (True, same_picture)})
-    assert not failures, failures
+    problems = [problem for kind in failures.values() for problem in kind]
+    unexplained = [problem for problem in problems if not RACE_SYMPTOM.match(problem)]
+    assert not unexplained, unexplained
+    if problems:
+        raise GradioCacheRace(f"{len(problems)} of 64 requests: {problems[0]}")
 
 
 def test_apps_listen_on_127_0_0_1_only(served):

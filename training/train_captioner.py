@@ -3,10 +3,14 @@
     python -m training.train_captioner                       # the built-in shapes data
     python -m training.train_captioner --data flickr8k:Flickr8k.token.txt:Flicker8k_Dataset \\
         --encoder mobilenet_v3_small --weights imagenet --image-size 224 --run-dir runs/flickr
+    python -m training.train_captioner --data coco:captions_train2017.json:train2017 \\
+        --val-data coco:captions_val2017.json:val2017 --image-size 224 --run-dir runs/coco
 
-Steps: load the data and build the vocabulary from the training captions; fit with validation,
-checkpoints, TensorBoard and early stopping (a killed run started again with the same command
-resumes); evaluate on the test split (`training.evaluate_captioner`); export the SavedModel to
+Steps: split the data by image (`captioner.splits`; the sizes are printed and an empty split is
+refused before anything is written) and build the vocabulary from the training captions; fit
+with validation, checkpoints, TensorBoard and early stopping (a killed run started again with
+the same command resumes; decoded images are cached as `training.image_cache` says);
+evaluate on the test split (`training.evaluate_captioner`); export the SavedModel to
 `<run-dir>/export/captioner/<version>/`. `--help` lists every setting.
 """
 

@@ -25,7 +25,7 @@ from tests.shared import numpy_reference as reference
 VOCAB = 5  # PAD, UNK, START, END, TURN: UNK, END and TURN can be chosen
 CHOOSABLE = tuple(t for t in range(VOCAB) if t not in (PAD_ID, START_ID))
 MAX_LENGTH = 4
-BATCH = 8
+BATCH = 16
 NO_NEAR_TIES = 1e-4  # float32 rounding cannot reorder candidates further apart than this
 ALPHAS = [0.0, 0.7]
 
@@ -77,10 +77,17 @@ def padded(tokens, max_length=MAX_LENGTH) -> list[int]:
     return list(tokens) + [PAD_ID] * (max_length - len(tokens))
 
 
+def assert_no_near_ties(row, ranked_scores, margin=np.inf):
+    """Float32 rounding cannot change the answer: no two kept candidates were near a tie when
+    the beam was cut (`margin`), nor are any two final scores."""
+    gaps = -np.diff(ranked_scores)
+    assert margin > NO_NEAR_TIES and np.all(gaps > NO_NEAR_TIES), f"row {row}: pick another seed"
+
+
 def assert_same_as_reference(result: dict, expected_by_row, max_length=MAX_LENGTH):
     """The search's n-best list, best answer and length equal the reference's, row by row."""
     for row, expected in enumerate(expected_by_row):
-        assert expected[0][3] > NO_NEAR_TIES, f"row {row}: a near tie, pick another seed"
+        assert_no_near_ties(row, [score for _, score, *_ in expected], expected[0][3])
         width = len(expected)
         np.testing.assert_array_equal(
             result["nbest_tokens"][row, :width],
@@ -99,7 +106,7 @@ def assert_same_as_reference(result: dict, expected_by_row, max_length=MAX_LENGT
 
 @pytest.fixture(scope="module")
 def table():
-    return random_table(seed=3)
+    return random_table(seed=0)
 
 
 @pytest.mark.parametrize("alpha", ALPHAS)
@@ -147,7 +154,7 @@ def test_a_beam_as_wide_as_all_sequences_is_exhaustive_search(table, alpha):
         expected = reference.exhaustive_search(
             table_log_probs(table, row), CHOOSABLE, END_ID, MAX_LENGTH, alpha
         )
-        assert expected[0][1] - expected[1][1] > NO_NEAR_TIES
+        assert_no_near_ties(row, [score for _, score, _ in expected])
         np.testing.assert_array_equal(result["tokens"][row], padded(expected[0][0]))
         np.testing.assert_allclose(result["scores"][row], expected[0][1], rtol=1e-5, atol=1e-5)
         found = {tuple(tokens) for tokens in result["nbest_tokens"][row]}
@@ -246,7 +253,7 @@ def test_beam_search_over_a_decoder_as_wide_as_all_sequences_is_exhaustive(decod
             DECODER_MAX_LENGTH,
             alpha,
         )
-        assert expected[0][1] - expected[1][1] > NO_NEAR_TIES
+        assert_no_near_ties(row, [score for _, score, _ in expected])
         np.testing.assert_array_equal(
             result["nbest_tokens"][row],
             [padded(tokens, DECODER_MAX_LENGTH) for tokens, *_ in expected],

@@ -1,12 +1,14 @@
 """Tests for shared/plots.py: PNG output, CJK labels, and where the attention tint lands."""
 
 import io
+import os
 import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from shared import plots
 from shared.plots import (
     attention_heatmap,
     attention_over_image,
@@ -47,17 +49,40 @@ def test_attention_heatmap_returns_png_and_writes_path(tmp_path):
     assert huge.size[0] <= 2500  # figure size is capped
 
 
-def test_attention_heatmap_renders_chinese_tokens():
+def chinese_heatmap() -> tuple[bytes, list[str]]:
+    """A heatmap labelled in Chinese, and matplotlib's warnings about glyphs it could not draw."""
     rng = np.random.default_rng(1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         png = attention_heatmap(
             rng.random((3, 4)), ["我", "喜欢", "猫"], ["你", "喜欢", "什么", "？"], title="对话"
         )
+    return png, [str(w.message) for w in caught if "missing from font" in str(w.message)]
+
+
+def require_cjk_font() -> None:
+    """Fails under CI (`make system-deps` installs fonts-noto-cjk), skips elsewhere, when no
+    Noto Sans CJK font is installed."""
+    if cjk_font_name() is None:
+        reason = "no Noto Sans CJK font: run `make system-deps` (apt-get install fonts-noto-cjk)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def test_without_the_cjk_fallback_chinese_glyphs_are_reported_missing(monkeypatch):
+    """Guards the next test: with the Latin font alone, the warnings it counts do appear."""
+    monkeypatch.setattr(plots, "cjk_font_name", lambda: None)
+    png, missing_glyphs = chinese_heatmap()
     decode_png(png)
-    missing_glyphs = [str(w.message) for w in caught if "missing from font" in str(w.message)]
-    if cjk_font_name() is not None:
-        assert missing_glyphs == []
+    assert any(f"Glyph {ord('我')} " in message for message in missing_glyphs), missing_glyphs
+
+
+def test_attention_heatmap_renders_chinese_tokens():
+    require_cjk_font()
+    png, missing_glyphs = chinese_heatmap()
+    decode_png(png)
+    assert missing_glyphs == []
 
 
 def test_attention_heatmap_rejects_mismatched_tokens():

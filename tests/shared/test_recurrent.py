@@ -1,4 +1,4 @@
-"""Tests for shared/recurrent.py: each step equals the Keras cell's own `call`."""
+"""Tests for shared/recurrent.py: each step equals the Keras cell's own `call` and the equations."""
 
 import keras
 import numpy as np
@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from shared import recurrent
 from shared.decoder import CELLS  # the cells the decoder offers
+from tests.shared import numpy_reference as reference
 
 BATCH, INPUT_DIM, UNITS = 3, 5, 4
 
@@ -100,5 +101,25 @@ def test_unsupported_cell_options_raise_value_errors(cell, message):
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))
-def test_default_cells_are_supported(name):
-    recurrent.check_supported(CELLS[name](UNITS))  # raises if Keras's defaults ever change
+def test_default_cells_are_supported_and_step_by_the_textbook_equations(name):
+    """The decoder makes its cells with Keras's defaults (`CELLS[name](units)`). `check_supported`
+    must accept them, and `recurrent.step` on them must compute the equations written out in
+    `numpy_reference` (sigmoid gates, tanh, the GRU's reset after the recurrent product): a
+    change of Keras's defaults that `check_supported` does not look at fails here."""
+    cell = built_cell(name)
+    recurrent.check_supported(cell)  # raises ValueError for an unsupported cell
+    inputs, state = random_step_inputs(name)
+    output, new_state = recurrent.step(cell, recurrent.project_inputs(cell, inputs), state)
+
+    weights = {
+        "kernel": keras.ops.convert_to_numpy(cell.kernel),
+        "recurrent_kernel": keras.ops.convert_to_numpy(cell.recurrent_kernel),
+        "bias": keras.ops.convert_to_numpy(cell.bias),
+    }
+    expected_output, expected_state = reference.cell_step(
+        name, weights, np.asarray(inputs, np.float64), [np.asarray(s, np.float64) for s in state]
+    )
+    np.testing.assert_allclose(output, expected_output, rtol=1e-5, atol=1e-6)
+    assert len(new_state) == len(expected_state)
+    for actual, expected in zip(new_state, expected_state):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)

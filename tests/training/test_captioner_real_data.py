@@ -344,3 +344,16 @@ def test_a_run_saved_before_the_data_settings_existed_resumes(tmp_path):
             config.run_dir, dataclasses.replace(config, split_lists="none"), tc.EXPORT_NAME, False
         )
     assert os.listdir(tmp_path / "run") == ["config.json"]
+
+
+def test_tfds_split_sizes_come_from_the_prepared_dataset(tmp_path):
+    import tensorflow_datasets as tfds
+
+    config = CaptionerConfig(data="tfds:coco_captions", data_dir=str(tmp_path), image_size=32)
+    with tfds.testing.mock_data(num_examples=3):
+        splits = tc.load_splits(config)
+        assert splits.sizes == {"train": 3, "validation": 3, "test": 3}
+        splits.check()
+        assert len(red_values(splits.dataset("test"))) == 3
+    with pytest.raises(UserError, match="--val-data goes with coco"):
+        tc.load_splits(dataclasses.replace(config, val_data="coco:a.json:images"))

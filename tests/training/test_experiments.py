@@ -185,18 +185,58 @@ def test_scores_quick(tmp_path):
     assert_png(tmp_path / "scores.png")
 
 
+def naming_every_object(caption_split, captioned: list):
+    """Wraps `caption_split`: the captioner still captions every test image, then each record's
+    caption becomes one that names all its objects ("a small red circle above a large blue
+    square …") and its attention becomes uniform. A quick captioner names almost nothing
+    correctly; these captions make every size, colour, shape and relation word count, each
+    with an attention share of exactly its chance level. `captioned` collects the records."""
+
+    def captions_naming_every_object(*args, **kwargs):
+        records = caption_split(*args, **kwargs)
+        for record in records:
+            tokens = []
+            for label in record["labels"]:
+                tokens += (["above"] if tokens else []) + ["a", *label.split()]
+            steps, regions = record["attention"].shape
+            assert len(tokens) <= steps
+            record["tokens"], record["caption"] = tokens, " ".join(tokens)
+            record["attention"] = np.full((steps, regions), 1.0 / regions, np.float32)
+        captioned.extend(records)
+        return records
+
+    return captions_naming_every_object
+
+
 @pytest.mark.slow
-def test_localisation_quick_trains_a_tiny_captioner(tmp_path):
+def test_localisation_quick_trains_a_tiny_captioner(tmp_path, monkeypatch):
+    captioned = []
+    monkeypatch.setattr(
+        localisation, "caption_split", naming_every_object(localisation.caption_split, captioned)
+    )
     out = tmp_path / "out"
     report = run_quick("localisation", out, "--data-dir", str(tmp_path / "data"))
     assert report["captioner"]["trained_here"] is True
-    assert report["test_images"] == localisation.TRAINING["quick"]["num_test"]
+    assert report["test_images"] == localisation.TRAINING["quick"]["num_test"] == len(captioned)
     assert len(report["grid_shape"]) == 2
     assert list(report["word_types"]) == list(localisation.WORD_TYPES)
-    for result in report["word_types"].values():
-        assert result["words"] >= 0
-        for key in ("localisation", "chance"):
-            assert result[key] is None or 0.0 <= result[key] <= 1.0
+
+    # Every object is named once (a size, a colour and a shape word); "above" joins each pair.
+    objects = sum(len(record["labels"]) for record in captioned)
+    relations = sum(max(len(record["labels"]) - 1, 0) for record in captioned)
+    assert objects > 0 and relations > 0
+    expected_words = {"size": objects, "colour": objects, "shape": objects, "relation": relations}
+    for name, result in report["word_types"].items():
+        assert result["words"] == expected_words[name], name
+        assert 0.0 < result["chance"] < 1.0
+        assert result["localisation"] == pytest.approx(result["chance"], abs=2e-4), name
+        of_this_type = localisation.WORD_TYPES[name]
+        per_word = [row["words"] for word, row in report["words"].items() if word in of_this_type]
+        assert sum(per_word) == expected_words[name], name
+    # The captioner's own evaluation (a separate count) agrees: every object named, every
+    # shape word scored.
+    assert report["caption_metrics"]["object_recall"] == 1.0
+    assert report["caption_metrics"]["shape_words_localised"] == objects
     assert 0.0 <= report["caption_metrics"]["bleu4"] <= 100.0
     assert_png(out / "localisation.png")
     assert_png(out / "localisation_examples.png")

@@ -435,6 +435,49 @@ def logged_epochs(run_dir: Path) -> int:
         return 0
 
 
+# `python -m training.train_chatbot`, with a spy that saves the trainable weights at the first
+# training step of the run (after every callback's on_train_begin, where the backup is restored).
+WEIGHTS_SPY = textwrap.dedent(
+    """
+    import os, runpy, sys
+    import keras, numpy as np
+
+    def save_weights_once(self, batch, logs=None):
+        if not getattr(self, "spied", False):
+            self.spied = True
+            arrays = [keras.ops.convert_to_numpy(v) for v in self.model.trainable_weights]
+            np.savez(os.environ["GLIMPSE_SPY_WEIGHTS"], *arrays)
+
+    keras.callbacks.BackupAndRestore.on_train_batch_begin = save_weights_once
+    runpy.run_module("training.train_chatbot", run_name="__main__", alter_sys=True)
+    """
+)
+
+
+def layer_arrays(weights_h5: Path) -> list[np.ndarray]:
+    """Every model variable in a Keras `.weights.h5` file (not the optimizer's), read with h5py."""
+    import h5py
+
+    arrays = []
+
+    def keep(name, item):
+        if isinstance(item, h5py.Dataset) and not name.startswith("optimizer/"):
+            arrays.append(item[()])
+
+    with h5py.File(weights_h5, "r") as file:
+        file.visititems(keep)
+    return arrays
+
+
+def assert_weights_came_from(weights: list[np.ndarray], saved: list[np.ndarray]) -> None:
+    """Each weight equals, exactly, a different array of `saved`."""
+    unused = list(saved)
+    for index, weight in enumerate(weights):
+        equal = [i for i, array in enumerate(unused) if np.array_equal(array, weight)]
+        assert equal, f"trainable weight {index} {weight.shape} is not in the backup"
+        unused.pop(equal[0])
+
+
 def test_killed_training_resumes_where_it_stopped(tmp_path):
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "training.train_chatbot", f"--run-dir={run_dir}"]
@@ -459,15 +502,27 @@ def test_killed_training_resumes_where_it_stopped(tmp_path):
     assert before == list(range(len(before))) and before
     assert resume_from < RESUMABLE_EPOCHS, "the run finished before it was killed"
     assert not export_versions(run_dir, EXPORT_NAME)
+    backup = tmp_path / "backup-at-kill.weights.h5"  # the resumed run replaces the backup
+    shutil.copyfile(run_dir / "backup" / "latest.weights.h5", backup)
 
+    spy = tmp_path / "resumed-weights.npz"
     second = subprocess.run(
-        command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=240
+        [sys.executable, "-c", WEIGHTS_SPY, *command[3:]],
+        cwd=REPO_ROOT,
+        env={**subprocess_env(), "GLIMPSE_SPY_WEIGHTS": str(spy)},
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert second.returncode == 0, second.stderr[-3000:]
     after = history_epochs(run_dir)
     assert after[: len(before)] == before, "the interrupted run's history was lost"
     assert after[len(before) :] == list(range(resume_from, RESUMABLE_EPOCHS))
     assert after.count(0) == 1, "training started again from epoch 0"
+    with np.load(spy) as saved:
+        resumed_weights = [saved[name] for name in saved.files]
+    assert len(resumed_weights) > 10
+    assert_weights_came_from(resumed_weights, layer_arrays(backup))
     resumed_loss = float(history_column(run_dir, "loss")[len(before)])
     assert resumed_loss < first_loss, "the resumed epoch did not start from the saved weights"
     header_lines = (run_dir / "history.csv").read_text().count("epoch,")
