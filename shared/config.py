@@ -24,10 +24,12 @@ def setting(default: Any, help: str, choices=None) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
+def parse_bool(text: str) -> bool:
+    """`true`/`false` (also yes/no, on/off, 1/0) for command-line flags such as `--share false`."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
         return True
-    if text.lower() in ("0", "false", "no", "off"):
+    if lowered in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
@@ -37,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
     group = parser.add_argument_group(config_class.__name__)
     for field in dataclasses.fields(config_class):
         kind = hints[field.name]
-        parse = {bool: _parse_bool, int: int, float: float}.get(kind, str)
+        parse = {bool: parse_bool, int: int, float: float}.get(kind, str)
         if kind == (float | None):
             parse = float
         elif kind == (int | None):

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.config import parse_bool
 from shared.export import latest_version, read_metadata
 
 DEFAULT_HOST = "127.0.0.1"  # this machine only; pass --host 0.0.0.0 to open the demo wider
@@ -107,16 +108,6 @@ def as_text(values) -> list[str]:
     """A string tensor or array (any shape, flattened) -> Python strings, decoded as UTF-8."""
     flat = values.numpy().reshape(-1) if hasattr(values, "numpy") else list(values)
     return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
-
-
-def parse_bool(text: str) -> bool:
-    """`true`/`false` (also yes/no, 1/0) for command-line flags such as `--share false`."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "yes", "1"):
-        return True
-    if lowered in ("false", "no", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def positive_minutes(text: str) -> float:
