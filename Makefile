@@ -18,9 +18,13 @@ setup: $(STAMP)  ## create .venv and install the pinned requirements of the demo
 
 setup-dev: $(DEV_STAMP)  ## setup, plus the pinned test and lint tools
 
+# The pinned requirements install on Python 3.11-3.13 (pyproject.toml; tests/test_requirements.py).
+CHECK_PYTHON := import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 11) <= v <= (3, 13) else \
+	"Glimpse needs Python 3.11-3.13, not %d.%d: run make with PYTHON=python3.12 (or another), after removing .venv if it was made with that Python" % v)
+
 $(STAMP): requirements.txt
-	@$(PYTHON) -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 13) else "Glimpse needs Python 3.11-3.13 (the pinned requirements have no wheels for others); run make with PYTHON=python3.12 or similar")'
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || { $(PYTHON) -c '$(CHECK_PYTHON)' && $(PYTHON) -m venv $(VENV); }
+	@$(PY) -c '$(CHECK_PYTHON)'
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	@rm -f $(VENV)/.installed-[0-9]*
@@ -43,8 +47,12 @@ demo: setup  ## train both models on the built-in data if needed, export them, l
 train: setup  ## train both models on the built-in data (again), without launching the demos
 	$(PY) -m training.demo --no-launch
 
+# Test files run in parallel worker processes, each file's tests in one worker (its trained
+# fixtures are made once). Two suit a 2-core machine; more cores: make test TEST_WORKERS=4.
+TEST_WORKERS ?= 2
+
 test: setup-dev system-deps  ## run the whole test suite
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup-dev  ## ruff check and format check
 	$(PY) -m ruff check .

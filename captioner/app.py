@@ -35,7 +35,9 @@ TRAIN_MODULE = "training.train_captioner"
 DEFAULT_RUN_DIR = "runs/captioner"
 SEARCH_CHOICES = [("greedy", 1), ("beam search, 3 beams", 3), ("beam search, 5 beams", 5)]
 DEFAULT_BEAM_SIZE = 3
-TF_DECODABLE_FORMATS = frozenset({"PNG", "JPEG", "GIF", "BMP", "WEBP"})  # tf.io.decode_image
+# Sent to the model as uploaded. Not GIF: TensorFlow decodes every frame of a GIF, each at its
+# own declared size, so a GIF is always re-encoded from the first frame Pillow read.
+TF_DECODABLE_FORMATS = frozenset({"PNG", "JPEG", "BMP", "WEBP"})
 # The only Pillow readers an upload reaches: plain raster formats. Others (EPS runs Ghostscript,
 # PSD, PDF, SVG, ...) are refused before any plugin looks at the file.
 UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")

@@ -18,7 +18,7 @@ from keras import ops
 
 from captioner.encoder import PixelScaling, RegionGrid, backbone, pixel_scaling_for, small_cnn
 from shared.decoder import AttentionDecoder
-from shared.export import MAX_SERVING_BATCH
+from shared.export import MAX_SERVING_BATCH, bounded_batch
 from shared.search import search
 from shared.text import PAD_ID, TextVectorizer
 
@@ -170,18 +170,14 @@ class Captioner(keras.Model):
         )
         def caption(image_bytes, beam_size):
             """`image_bytes` `(batch,)` with batch <= max_batch; `beam_size` () -> captions."""
-            too_many = tf.debugging.assert_less_equal(
-                tf.size(image_bytes),
-                max_batch,
-                message=f"caption takes at most {max_batch} pictures per call; "
-                "send the others in another call.",
-            )
-            with tf.control_dependencies([too_many]):
-                image_bytes = tf.identity(image_bytes)
+            image_bytes = bounded_batch(image_bytes, max_batch, "caption", "pictures")
             images = tf.map_fn(
                 decode_image,
                 image_bytes,
                 fn_output_signature=tf.TensorSpec([self.image_size, self.image_size, 3], tf.uint8),
+                # One picture at a time: a decoded picture of up to MAX_IMAGE_PIXELS is resized
+                # in float32, so a batch decoded in parallel could hold gigabytes.
+                parallel_iterations=1,
             )
             # TF's convolutions reject an empty batch: caption one blank image instead, and
             # return none of it, so an empty request gets empty outputs rather than an error.

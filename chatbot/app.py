@@ -98,16 +98,24 @@ def message_text(content) -> str:
         return content
     if isinstance(content, dict):
         content = [content]
+    if not isinstance(content, list):
+        return ""
     return " ".join(
-        part.get("text", "") for part in content or [] if part.get("type", "text") == "text"
+        str(part.get("text", ""))
+        for part in content
+        if isinstance(part, dict) and part.get("type", "text") == "text"
     )
 
 
 def conversation_turns(history: list[dict]) -> list[str]:
-    """The conversation's turns, oldest first; a reply shown as EMPTY_REPLY is an empty turn."""
+    """The conversation's turns, oldest first; a reply shown as EMPTY_REPLY is an empty turn.
+
+    Each turn is cut to `MAX_MESSAGE_CHARS`, as the message box cuts a new message: the history
+    comes from the client and may have been written by something other than this page.
+    """
     turns = []
     for message in history:
-        text = message_text(message.get("content"))
+        text = message_text(message.get("content"))[:MAX_MESSAGE_CHARS]
         if message.get("role") == "assistant" and text == EMPTY_REPLY:
             text = ""
         turns.append(text)

@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 
 from shared.decoder import AttentionDecoder
-from shared.export import MAX_SERVING_BATCH
+from shared.export import MAX_SERVING_BATCH, bounded_batch
 from shared.search import search
 from shared.text import PAD_ID, TextVectorizer
 
@@ -222,14 +222,7 @@ class Seq2Seq(keras.Model):
         )
         def reply(text, beam_size, temperature, top_k, top_p, seed):
             """`text` `(batch,)` with batch <= max_batch, and search settings -> replies."""
-            too_many = tf.debugging.assert_less_equal(
-                tf.size(text),
-                max_batch,
-                message=f"reply takes at most {max_batch} texts per call; "
-                "send the others in another call.",
-            )
-            with tf.control_dependencies([too_many]):
-                text = tf.identity(text)
+            text = bounded_batch(text, max_batch, "reply", "texts")
             return self.reply_texts(
                 text,
                 beam_size=beam_size,

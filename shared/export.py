@@ -18,11 +18,13 @@ import errno
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
 from shared.files import fsync_dir, fsync_file
 
@@ -31,6 +33,22 @@ PARTIAL_PREFIX = ".partial-"  # a version being written; never a version, remove
 # The most inputs one call of an exported endpoint accepts (recorded in the metadata as
 # `max_batch`): a bigger request is refused, so one call cannot hold a server's memory.
 MAX_SERVING_BATCH = 64
+
+
+def bounded_batch(inputs, max_batch: int, endpoint: str, what: str):
+    """`inputs` `(batch,)`, passed on only when batch <= `max_batch`.
+
+    Above it the call fails with an `InvalidArgumentError` that says what to do, before any
+    input is read. For use inside an endpoint's `tf.function`.
+    """
+    too_many = tf.debugging.assert_less_equal(
+        tf.size(inputs),
+        max_batch,
+        message=f"{endpoint} takes at most {max_batch} {what} per call; "
+        "send the others in another call.",
+    )
+    with tf.control_dependencies([too_many]):
+        return tf.identity(inputs)
 
 
 def version_dirs(export_dir: str | os.PathLike) -> list[Path]:
@@ -84,6 +102,39 @@ def _claim_version(export_dir: Path, partial: Path) -> Path:
             version += 1
 
 
+ABANDONED_AFTER_SECONDS = 3600  # a partial folder untouched this long by a dead process
+
+
+def remove_abandoned_partials(export_dir: Path, now: float | None = None) -> list[Path]:
+    """Removes the partial folders of exports killed outright (SIGKILL, a lost machine).
+
+    A partial folder counts as abandoned when the process its name records is not running on
+    this machine and nothing has changed in it for `ABANDONED_AFTER_SECONDS` (so a writer on
+    another machine sharing the folder, with a pid unknown here, is left alone for that long).
+    """
+    now = time.time() if now is None else now
+    removed = []
+    for path in export_dir.glob(f"{PARTIAL_PREFIX}*"):
+        pid_text = path.name[len(PARTIAL_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # the writer is still running
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue
+        try:
+            idle = now - path.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if idle > ABANDONED_AFTER_SECONDS:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def write_savedmodel(
     export_dir: str | os.PathLike,
     endpoints: Mapping,
@@ -102,6 +153,7 @@ def write_savedmodel(
     """
     export_dir = Path(export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_partials(export_dir)
     archive = keras.export.ExportArchive()
     for resource in track:
         archive.track(resource)

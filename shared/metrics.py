@@ -26,7 +26,8 @@ from keras import ops
 from pycocoevalcap.cider.cider import Cider
 from sacrebleu.metrics import BLEU
 
-PADDING_ID = 0
+from shared.text import PAD_ID
+
 MAX_BLEU_ORDER = 4
 
 
@@ -54,7 +55,7 @@ def token_cross_entropy(labels, logits, label_smoothing: float = 0.0):
 
 def real_token_mask(labels):
     """1.0 where `labels` is a real token, 0.0 where it is padding; float32, same shape."""
-    return ops.cast(ops.not_equal(ops.cast(labels, "int32"), PADDING_ID), "float32")
+    return ops.cast(ops.not_equal(ops.cast(labels, "int32"), PAD_ID), "float32")
 
 
 def _token_weights(labels, sample_weight):

@@ -296,20 +296,48 @@ def use_private_cache_dir() -> Path:
     return folder
 
 
+def delete_old_cached_files(blocks, age: int, folder: str | os.PathLike | None = None) -> None:
+    """Gradio's `delete_files_created_by_app`, over snapshots of its file sets.
+
+    Files older than `age` seconds are deleted and, like files already gone, dropped from the
+    set, so the sets do not grow for as long as the page runs. The per-file folder in `folder`
+    that held a deleted file goes with it when nothing else is in it.
+    """
+    keep = set()
+    for component in blocks.blocks.values():
+        keep.update(getattr(component, "keep_in_cache", set()))
+    cutoff = time.time() - age
+    folder = os.path.realpath(folder) if folder is not None else None
+    for cached in blocks.temp_file_sets:
+        done = set()
+        for file in list(cached):  # a snapshot: requests add to the set while this runs
+            if file in keep:
+                continue
+            try:
+                if os.lstat(file).st_ctime < cutoff:
+                    os.remove(file)
+                    done.add(file)
+                    parent = os.path.dirname(file)
+                    if folder and os.path.dirname(os.path.realpath(parent)) == folder:
+                        with contextlib.suppress(OSError):  # not empty: another file uses it
+                            os.rmdir(parent)
+            except FileNotFoundError:
+                done.add(file)
+        cached.difference_update(done)
+
+
 def clean_cache(blocks, folder: str | os.PathLike, age: int) -> None:
     """One round of cache cleaning for a launched page, on top of Gradio's own `delete_cache`.
 
     Gradio 6.31 deletes a page's cached files older than `age` seconds on a schedule, but its
     scheduled task iterates the sets of cached files while requests add to them, and the first
     "Set changed size during iteration" ends that task for good: from then on nothing is deleted.
-    So this round runs Gradio's deletion again (a collision only postpones it to the next round),
-    then removes the empty per-file folders Gradio leaves behind (one per upload or generated
-    picture, never removed otherwise) once they have been empty for `age` seconds.
+    So this round does that deletion itself, over a snapshot of each set (what a request adds
+    meanwhile waits for the next round), then removes the empty per-file folders Gradio leaves
+    behind (one per upload or generated picture, never removed otherwise) once they have been
+    empty for `age` seconds.
     """
-    from gradio.route_utils import delete_files_created_by_app
-
-    with contextlib.suppress(RuntimeError):  # a request added a file: the next round deletes it
-        delete_files_created_by_app(blocks, age)
+    delete_old_cached_files(blocks, age, folder)
     if not os.path.isdir(folder):  # nothing cached yet
         return
     cutoff = time.time() - age

@@ -36,7 +36,10 @@ CAPTION_EVERY = 10  # 30 of the uploads are captioned too
 USERS = 4
 DELETE_CACHE = (1, 8)  # (look every, delete after) seconds; a captioned upload waits in the queue
 TOTAL_TIMEOUT = 90  # seconds for all requests: a hang guard, not a speed claim
-SETTLE_SECONDS = DELETE_CACHE[1] + 12  # how long the cleaning may take to catch up afterwards
+# How long the cleaning may take to catch up afterwards: a file is deleted at most one round
+# after it is `age` old (its folder with it), a leftover empty folder after twice that; plus
+# room for a loaded machine. A deadline, not a speed claim: the loop below ends when clean.
+SETTLE_SECONDS = 2 * (DELETE_CACHE[0] + DELETE_CACHE[1]) + 30
 
 
 def cache_contents(folder: Path) -> tuple[set[Path], set[Path], int]:

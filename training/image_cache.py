@@ -48,6 +48,8 @@ def choose(mode: str, images: int, image_size: int, memory_gib: float, in_memory
         return mode, f"--cache-images {mode}; {amount}"
     if in_memory_source:
         return "memory", f"the source is in memory already; {amount}"
+    if images < 0:  # a TFDS split of unknown size
+        return "disk", "the number of images is unknown"
     if size <= memory_gib * GIB:
         return "memory", f"{amount}, within --cache-memory-gib {memory_gib:g}"
     return "disk", f"{amount}, more than --cache-memory-gib {memory_gib:g}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import zlib
 from collections.abc import Callable
@@ -103,6 +104,23 @@ def load_split(config: CaptionerConfig, split: str) -> tf.data.Dataset:
     if split not in SPLITS:
         raise ValueError(f"Expected one of {SPLITS}. Received: split={split!r}")
     return load_splits(config).dataset(split)
+
+
+def refuse_caption_split_runs(run_dir, config: CaptionerConfig) -> None:
+    """Refuses to resume a COCO or Flickr8k run started before splits were made by image.
+
+    Such a run split its images by a hash of their first caption; resumed under today's split,
+    its validation and test pictures would train. Its config.json has no `split_lists`.
+    """
+    saved = Path(run_dir) / "config.json"
+    if not saved.is_file() or not config.data.startswith(("coco:", "flickr8k:")):
+        return
+    if "split_lists" not in json.loads(saved.read_text(encoding="utf-8")):
+        raise UserError(
+            f"{run_dir} holds a run started by an older version of this script, which split "
+            "the images by caption, not by image; pass --overwrite to train it again with "
+            "today's splits, or choose another --run-dir."
+        )
 
 
 def load_splits(config: CaptionerConfig) -> DataSplits:
@@ -360,11 +378,13 @@ def train(config: CaptionerConfig, overwrite: bool = False, evaluate: bool = Tru
     keras.utils.set_random_seed(config.seed)
     chief = distribute.is_chief(strategy)
     run_dir = distribute.worker_run_dir(config.run_dir, strategy)
-    run_dir = prepare_run_dir(run_dir, config, EXPORT_NAME, overwrite)
     data = load_splits(config)
     print(f"splits: {data.how}")
     print(data.describe())
-    data.check(SPLITS if evaluate else ("train", "validation"))  # before the run dir is written
+    data.check(SPLITS if evaluate else ("train", "validation"))  # before the run dir is touched
+    if not overwrite:
+        refuse_caption_split_runs(run_dir, config)
+    run_dir = prepare_run_dir(run_dir, config, EXPORT_NAME, overwrite)
     train_data, val_data = data.dataset("train"), data.dataset("validation")
     vocabulary = vocabulary_from_captions(config, data.train_captions())
     save_config(run_dir, config)

@@ -278,6 +278,18 @@ def test_read_upload_keeps_png_bytes_and_reencodes_tiff(tmp_path):
         assert np.array_equal(np.asarray(image.convert("RGB")), upload.picture)
 
 
+def test_read_upload_sends_a_gif_as_its_first_frame_only(tmp_path):
+    """TensorFlow decodes every frame of a GIF at its own size: the model gets frame 0 as PNG."""
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ("red", "blue", "green")]
+    gif = tmp_path / "moving.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100)
+    upload = app.read_upload(gif, "moving.gif")
+    assert upload.model_bytes.startswith(b"\x89PNG")
+    with Image.open(io.BytesIO(upload.model_bytes)) as image:
+        assert getattr(image, "n_frames", 1) == 1
+        assert image.convert("RGB").getpixel((4, 4)) == (255, 0, 0)
+
+
 def test_read_upload_turns_exif_rotated_photos_upright(tmp_path):
     path = tmp_path / "rotated.jpg"
     exif = Image.Exif()

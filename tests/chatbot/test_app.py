@@ -352,3 +352,14 @@ def test_context_turns_come_from_the_export_metadata():
     for bad in (0, -1, True, "2", 1.5):
         with pytest.raises(ValueError, match="context_turns"):
             app.context_turns_of({"context_turns": bad})
+
+
+def test_history_turns_from_the_client_are_cut_like_a_new_message():
+    """The history is the client's to write: a huge or odd-shaped turn is cut, not read whole."""
+    history = [
+        {"role": "user", "content": "x" * (10 * app.MAX_MESSAGE_CHARS)},
+        {"role": "assistant", "content": [{"type": "text", "text": "hi"}, "stray", 7]},
+        {"role": "user", "content": {"type": "file", "path": "/etc/passwd"}},
+    ]
+    turns = app.conversation_turns(history)
+    assert turns == ["x" * app.MAX_MESSAGE_CHARS, "hi", ""]

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -17,7 +18,13 @@ import pytest
 import tensorflow as tf
 
 from shared.decoder import AttentionDecoder
-from shared.export import latest_version, read_metadata, version_dirs, write_savedmodel
+from shared.export import (
+    ABANDONED_AFTER_SECONDS,
+    latest_version,
+    read_metadata,
+    version_dirs,
+    write_savedmodel,
+)
 from shared.search import beam_search
 from shared.text import PAD_ID, TextVectorizer, Vocabulary
 
@@ -182,6 +189,30 @@ def test_a_write_failing_midway_leaves_no_partial_and_no_version(
         toy.export(export_dir, metadata=metadata)
     assert sorted(p.name for p in export_dir.iterdir()) == ["1"]
     assert latest_version(export_dir) == first
+
+
+def test_partials_of_killed_exports_are_removed_by_the_next_export(toy, tmp_path, monkeypatch):
+    """A SIGKILL skips the `finally`: the next export removes what the dead process left."""
+    export_dir = tmp_path / "export" / "toy"
+    export_dir.mkdir(parents=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)  # a process that has ended
+    old = time.time() - ABANDONED_AFTER_SECONDS - 60
+    abandoned = export_dir / f".partial-{dead_pid}-{'a' * 32}"
+    recent = export_dir / f".partial-{dead_pid}-{'b' * 32}"  # maybe another machine's writer
+    running = export_dir / f".partial-{os.getppid()}-{'c' * 32}"  # pytest's parent is alive
+    for folder in (abandoned, recent, running):
+        (folder / "variables").mkdir(parents=True)
+    for folder in (abandoned, running):
+        os.utime(folder, (old, old))
+    monkeypatch.setattr(ARCHIVE_CLASS, "write_out", fake_write_out)
+    toy.export(export_dir)
+    assert sorted(p.name for p in export_dir.iterdir()) == sorted(["1", recent.name, running.name])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")

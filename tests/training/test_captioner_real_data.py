@@ -346,6 +346,43 @@ def test_a_run_saved_before_the_data_settings_existed_resumes(tmp_path):
     assert os.listdir(tmp_path / "run") == ["config.json"]
 
 
+def old_coco_run(tmp_path) -> tuple[list[str], Path]:
+    """A COCO run directory as the version that split by caption left it, and its flags."""
+    data = coco_set(tmp_path / "d", 40)
+    run_dir = tmp_path / "run"
+    config = CaptionerConfig(data=data, run_dir=str(run_dir), **TINY)
+    saved = dataclasses.asdict(config)
+    for name in ("val_data", "split_lists", "cache_images", "cache_memory_gib"):
+        saved.pop(name)
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(saved), encoding="utf-8")
+    (run_dir / "model.keras").write_bytes(b"the old run's best model")
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    return [f"--data={data}", f"--run-dir={run_dir}", *flags], run_dir
+
+
+def test_a_coco_run_split_by_caption_is_refused_rather_than_resumed_on_other_splits(tmp_path):
+    argv, run_dir = old_coco_run(tmp_path)
+    code, stderr = run_cli(tc.main, argv)
+    assert code == 2, stderr[-2000:]
+    [message] = error_lines(stderr)
+    assert "split the images by caption" in message and "--overwrite" in message
+    assert (run_dir / "model.keras").read_bytes() == b"the old run's best model"
+
+
+def test_overwrite_with_data_that_fails_its_check_deletes_nothing(tmp_path):
+    argv, run_dir = old_coco_run(tmp_path)
+    bad = ["--val-data", coco_set(tmp_path / "v", 1, first_red=200, prefix="val")]
+    code, stderr = run_cli(tc.main, [*argv, *bad, "--overwrite"])
+    assert code == 2, stderr[-2000:]
+    assert "split has 0 images" in error_lines(stderr)[0]
+    assert (run_dir / "model.keras").read_bytes() == b"the old run's best model"
+
+
+def test_cache_auto_puts_a_split_of_unknown_size_on_disk():
+    assert image_cache.choose("auto", -1, 224, 2.0, False)[0] == "disk"
+
+
 def test_tfds_split_sizes_come_from_the_prepared_dataset(tmp_path):
     import tensorflow_datasets as tfds
 
