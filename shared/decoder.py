@@ -414,9 +414,9 @@ class AttentionDecoder(keras.layers.Layer):
             if active is None:
                 *outputs, state = step(inputs_t, state, None)
             else:
-                # Not a `tf.cond` that skips the slices while every row is going (3-7 % faster
-                # on full batches): Grappler's AddOpsRewrite inside it breaks Keras's train step
-                # with "AlreadyExistsError: Resource __per_step_0/…/tmp_var" (TF 2.21).
+                # Not a `tf.cond` that skips the slices while every row is going (faster on full
+                # batches; benchmarks/README.md): Grappler's AddOpsRewrite inside it breaks Keras's
+                # train step with "AlreadyExistsError: Resource __per_step_0/…/tmp_var" (TF 2.21).
                 n = active[t]
                 *outputs, new_state = step(_first(inputs_t, n), _first(state, n), n)
                 state = tf.nest.map_structure(_with_first, new_state, state)
