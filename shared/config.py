@@ -19,9 +19,18 @@ from shared import files
 T = TypeVar("T")
 
 
-def setting(default: Any, help: str, choices=None) -> Any:
-    """A dataclass field with a help text (and optional choices) for the command line."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def setting(default: Any, help: str, choices=None, section: str | None = None) -> Any:
+    """A dataclass field with a help text (and optional choices) for the command line.
+
+    `section` names the `--help` group the flag is listed in (see `SECTIONS`).
+    """
+    return dataclasses.field(
+        default=default, metadata={"help": help, "choices": choices, "section": section}
+    )
+
+
+# The order of the `--help` groups; settings without a section come first, as "Run settings".
+SECTIONS = ("Data", "Encoder", "Decoder", "Training", "Evaluation")
 
 
 def parse_bool(text: str) -> bool:
@@ -35,16 +44,28 @@ def parse_bool(text: str) -> bool:
 
 
 def add_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """One `--flag` per field, in groups by section in the order of `SECTIONS` (a section not
+    named there comes last); within a group, in the order the fields are declared."""
     hints = get_type_hints(config_class)
-    group = parser.add_argument_group(config_class.__name__)
-    for field in dataclasses.fields(config_class):
+    order = [None, *SECTIONS]
+
+    def rank(field) -> int:
+        section = field.metadata.get("section")
+        return order.index(section) if section in order else len(order)
+
+    groups = {}
+    for field in sorted(dataclasses.fields(config_class), key=rank):
+        section = field.metadata.get("section")
+        if section not in groups:
+            title = f"{section or 'Run'} settings"
+            groups[section] = parser.add_argument_group(title)
         kind = hints[field.name]
         parse = {bool: parse_bool, int: int, float: float}.get(kind, str)
         if kind == (float | None):
             parse = float
         elif kind == (int | None):
             parse = int
-        group.add_argument(
+        groups[section].add_argument(
             "--" + field.name.replace("_", "-"),
             dest=field.name,
             type=parse,

@@ -191,39 +191,36 @@ def tiny_captioner(base: Path) -> TinyExport:
     """The tiny captioner of tests/training, built on its data and exported (weights untrained)."""
     import keras
 
-    from training import train_captioner as script
+    from training import captioner_pipeline as pipeline
     from training.captioner_config import CaptionerConfig
 
     config = CaptionerConfig(
         run_dir=str(base / "captioner"), data_dir=str(base / "data"), **CAPTIONER_TINY_SETTINGS
     )
     keras.utils.set_random_seed(config.seed)
-    train = script.load_split(config, "train")
-    model = script.build_model(config, script.build_vocabulary(config, train))
-    batches = script.training_batches(train, model, config.batch_size, False, config.seed)
+    train = pipeline.load_split(config, "train")
+    model = pipeline.build_model(config, pipeline.build_vocabulary(config, train))
+    batches = pipeline.training_batches(train, model, config.batch_size, False, config.seed)
     model(next(iter(batches))[0])  # builds every weight
     run_dir = Path(config.run_dir)
-    return TinyExport(script.export(model, run_dir, config), run_dir, config)
+    return TinyExport(pipeline.export(model, run_dir, config), run_dir, config)
 
 
 def tiny_chatbot(base: Path) -> TinyExport:
     """The tiny chatbot of tests/training (reverse task), exported (weights untrained)."""
     import keras
 
-    from shared.text import Vocabulary
-    from training import train_chatbot as script
+    from training import chatbot_pipeline as pipeline
     from training.chatbot_config import ChatbotConfig
 
     config = ChatbotConfig(run_dir=str(base / "chatbot"), **CHATBOT_TINY_SETTINGS)
     keras.utils.set_random_seed(config.seed)
-    pairs, _, _ = script.load_splits(config)
-    source = Vocabulary.from_texts((pair.prompt for pair in pairs), config.mode)
-    target = Vocabulary.from_texts((pair.reply for pair in pairs), config.mode)
-    model = script.build_model(config, source, target)
-    batches = script.batches(pairs, model, config.batch_size, False, config.seed)
+    pairs, _, _ = pipeline.load_splits(config)
+    model = pipeline.build_model(config, *pipeline.build_vocabularies(config, pairs))
+    batches = pipeline.batches(pairs, model, config.batch_size, False, config.seed)
     model(next(iter(batches))[0])  # builds every weight
     run_dir = Path(config.run_dir)
-    return TinyExport(script.export(model, run_dir, config), run_dir, config)
+    return TinyExport(pipeline.export(model, run_dir, config), run_dir, config)
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,7 @@ from shared import config as config_io
 from shared.metrics import cider_d, corpus_bleu
 from shared.plots import attention_over_image
 from training.captioner_config import CaptionerConfig
+from training.captioner_pipeline import load_split
 from training.common import UserError, run_main, write_json
 
 
@@ -193,8 +194,6 @@ def evaluate(
     """Greedy and beam metrics on the test split (`test`, or the one `config` names); writes
     metrics.json and the attention pictures of `config.samples` test images to samples/."""
     if test is None:
-        from training.train_captioner import load_split  # the data wiring lives with training
-
         test = load_split(config, "test")
     keep = sample_indices(max(int(test.cardinality()), -1), config.samples)
     results = {}

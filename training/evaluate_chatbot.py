@@ -6,7 +6,7 @@
   reference replies (compared after the tokenizer's standardization);
 - on held-out prompts (`--holdout` > 0 at training): BLEU against all references of a prompt,
   greedy and beam, perplexity, exact-sequence accuracy (the synthetic tasks' measure), and the
-  number of distinct replies (generic-reply collapse shows as few);
+  number of distinct replies and distinct-1/-2 (generic-reply collapse shows as few);
 - unseen prompts: replies to a fixed list of sentences that are in no corpus.
 
 Writes `metrics.json` and attention heatmaps of sample replies to `samples/`.
@@ -24,10 +24,11 @@ import tensorflow as tf
 from chatbot.data import Pair, references_by_prompt
 from chatbot.model import Seq2Seq
 from shared import config as config_io
-from shared.metrics import Perplexity, corpus_bleu, distinct_count, exact_match
+from shared.metrics import Perplexity, corpus_bleu, distinct_count, distinct_n, exact_match
 from shared.plots import attention_heatmap
 from shared.text import join_tokens, split_tokens
 from training.chatbot_config import ChatbotConfig
+from training.chatbot_pipeline import batches, load_splits
 from training.common import UserError, run_main, write_json
 
 UNSEEN_PROMPTS = (
@@ -90,18 +91,21 @@ def corpus_recall(model: Seq2Seq, pairs: list[Pair]) -> dict:
 
 
 def held_out(model: Seq2Seq, config: ChatbotConfig, pairs: list[Pair]) -> dict:
-    from training.train_chatbot import batches
-
     references = references_by_prompt(pairs)
     prompts = list(references)
     refs = [normalized(model, references[p]) for p in prompts]
     results = {"prompts": len(prompts)}
+    characters = config.mode == "char"
     for name, beam in (("greedy", 1), (f"beam{config.beam_size}", config.beam_size)):
         replies = [r["reply"] for r in reply_all(model, prompts, beam)]
         results[name] = {
             **{k: round(v, 3) for k, v in corpus_bleu(replies, refs).items()},
             "exact_match": round(exact_match(replies, refs), 4),
             "distinct_replies": distinct_count(replies),
+            # Li et al. (2016): distinct uni- and bigrams over all replies, the measure of
+            # generic-reply collapse that does not depend on how many prompts there are.
+            "distinct_1": round(distinct_n(replies, 1, characters), 4),
+            "distinct_2": round(distinct_n(replies, 2, characters), 4),
         }
     perplexity = Perplexity()
     for inputs, labels in batches(pairs, model, 128, False, 0):
@@ -142,8 +146,6 @@ def write_samples(outputs, directory: Path) -> None:
 
 
 def main(argv=None) -> None:
-    from training.train_chatbot import load_splits
-
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -16,94 +16,17 @@ evaluate on the test split (`training.evaluate_captioner`); export the SavedMode
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
-import os
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
-import keras
-import tensorflow as tf
-
-from captioner import data as caption_data
-from captioner import splits as caption_splits
-from captioner.model import Captioner
-from shared import config as config_io
-from shared.export import MAX_SERVING_BATCH, write_savedmodel
-from shared.metrics import MaskedAccuracy, MaskedCrossEntropy
-from shared.text import Vocabulary
-from training import batching, distribute, image_cache
+from training import captioner_pipeline as pipeline
+from training import distribute, evaluate_captioner, image_cache, run
 from training.captioner_config import CaptionerConfig
-from training.common import (
-    UserError,
-    fit,
-    prepare_run_dir,
-    run_main,
-    save_config,
-    save_vocabulary,
-)
+from training.common import UserError, run_main
 from training.feature_cache import cached_features
 
-EXPORT_NAME = "captioner"
-SPLITS = ("train", "validation", "test")
-
-
-@dataclasses.dataclass
-class DataSplits:
-    """The train, validation and test splits of the configured source, before any decoding.
-
-    `sizes` holds each split's number of images (-1 if the source cannot tell), `how` says in
-    one line where the splits come from, `advice` what to do when a split is empty, `files`
-    the image files of each split (coco and flickr8k data only) and `make(split)` builds a
-    split's dataset (`dataset` builds each one once, when it is first asked for).
-    """
-
-    sizes: dict[str, int]
-    how: str
-    advice: dict[str, str]
-    make: Callable[[str], tf.data.Dataset]
-    files: dict[str, caption_data.ImageFiles] | None = None
-    _built: dict[str, tf.data.Dataset] = dataclasses.field(default_factory=dict, repr=False)
-
-    def dataset(self, split: str) -> tf.data.Dataset:
-        """One split in the common element structure of captioner.data."""
-        if split not in SPLITS:
-            raise ValueError(f"Expected one of {SPLITS}. Received: split={split!r}")
-        if split not in self._built:
-            self._built[split] = self.make(split)
-        return self._built[split]
-
-    def describe(self) -> str:
-        counts = ", ".join(
-            f"{self.sizes[split] if self.sizes[split] >= 0 else '?'} {split}" for split in SPLITS
-        )
-        return f"data: {counts} images"
-
-    def check(self, needed=SPLITS) -> None:
-        """Raises a UserError naming the fix if one of the `needed` splits holds no image."""
-        for split in needed:
-            if self.sizes[split] == 0:
-                raise UserError(f"The {split} split has 0 images: {self.advice[split]}.")
-
-    def train_captions(self):
-        """Every training caption; read from the annotations when there are any, so that the
-        vocabulary is built without decoding a picture."""
-        if self.files is not None:
-            return (c for refs in self.files["train"].captions for c in refs)
-        return (
-            c.decode("utf-8")
-            for element in self.dataset("train").as_numpy_iterator()
-            for c in element["captions"]
-        )
-
-
-def load_split(config: CaptionerConfig, split: str) -> tf.data.Dataset:
-    """One split of the configured source, in the common element structure of captioner.data."""
-    if split not in SPLITS:
-        raise ValueError(f"Expected one of {SPLITS}. Received: split={split!r}")
-    return load_splits(config).dataset(split)
+EXPORT_NAME = pipeline.EXPORT_NAME
 
 
 def refuse_caption_split_runs(run_dir, config: CaptionerConfig) -> None:
@@ -123,278 +46,38 @@ def refuse_caption_split_runs(run_dir, config: CaptionerConfig) -> None:
         )
 
 
-def load_splits(config: CaptionerConfig) -> DataSplits:
-    """The three splits of the configured source and their sizes; annotation files are read
-    once, and no picture is decoded."""
-    kind, _, rest = config.data.partition(":")
-    if config.val_data and kind not in IMAGE_FILE_SOURCES:
-        raise UserError(
-            f"--val-data goes with coco:… or flickr8k:… data; --data {config.data!r} has its "
-            "own validation and test splits."
-        )
-    if kind == "shapes":
-        sizes = {"train": config.num_train, "validation": config.num_val, "test": config.num_test}
-        flags = {"train": "--num-train", "validation": "--num-val", "test": "--num-test"}
-        advice = {split: f"set {flags[split]} to 1 or more" for split in SPLITS}
+class CaptionerRecipe(run.Recipe):
+    """The captioner's steps of the run skeleton (`training.run.train`)."""
 
-        def shapes(split: str) -> tf.data.Dataset:
-            return caption_data.load_shapes(
-                split,
-                config.data_dir,
-                config.image_size,
-                config.num_train,
-                config.num_val,
-                config.num_test,
-                config.seed,
-            )
+    config_class = CaptionerConfig
+    export_name = EXPORT_NAME
 
-        return DataSplits(sizes, "the built-in shapes scenes", advice, shapes)
-    if kind == "tfds":
-        tfds_splits = {"train": "train", "validation": "val", "test": "test"}
-        datasets = {
-            split: caption_data.load_tfds_coco_captions(
-                tfds_splits[split], config.image_size, data_dir=config.data_dir
-            )
-            for split in SPLITS
-        }
-        sizes = {split: max(int(d.cardinality()), -1) for split, d in datasets.items()}
-        advice = {
-            split: f"TFDS coco_captions' {name} split is empty; prepare it again with "
-            "`tfds build coco_captions`"
-            for split, name in tfds_splits.items()
-        }
-        how = "TFDS coco_captions (train, val, test)"
-        return DataSplits(sizes, how, advice, datasets.__getitem__)
-    if kind in IMAGE_FILE_SOURCES:
-        files, how, advice = _image_file_splits(config, kind, rest)
-        sizes = {split: len(files[split]) for split in SPLITS}
+    def load_data(self, config: CaptionerConfig, evaluate: bool) -> pipeline.DataSplits:
+        data = pipeline.load_splits(config)
+        print(f"splits: {data.how}")
+        print(data.describe())
+        data.check(pipeline.SPLITS if evaluate else ("train", "validation"))
+        return data
 
-        def image_files(split: str) -> tf.data.Dataset:
-            return caption_data.image_files_dataset(files[split], config.image_size)
-
-        return DataSplits(sizes, how, advice, image_files, files)
-    raise UserError(
-        f"--data {config.data!r}: expected shapes, coco:…, flickr8k:… or tfds:coco_captions."
-    )
-
-
-IMAGE_FILE_SOURCES = ("coco", "flickr8k")
-
-
-def _read_image_files(config: CaptionerConfig, flag: str, value: str):
-    """The captioned image files that `--data` or `--val-data` (`flag`) names."""
-    kind, _, rest = value.partition(":")
-    annotations, _, image_dir = rest.rpartition(":")
-    if kind not in IMAGE_FILE_SOURCES or not annotations or not image_dir:
-        expected = "coco:ANNOTATIONS:IMAGE_DIR or flickr8k:TOKEN_FILE:IMAGE_DIR"
-        if kind in IMAGE_FILE_SOURCES:
-            expected = f"{kind}:ANNOTATIONS:IMAGE_DIR"
-        raise UserError(f"{flag} {value!r}: expected {expected}.")
-    skip = config.on_error == "skip"
-    if kind == "coco":
-        return caption_data.read_coco_json(annotations, image_dir, skip_missing=skip)
-    return caption_data.read_flickr8k(
-        annotations, image_dir, skip_malformed=skip, skip_missing=skip
-    )
-
-
-def _image_file_splits(config: CaptionerConfig, kind: str, rest: str):
-    """coco and flickr8k data -> (image files per split, how they were split, advice per split).
-
-    captioner/splits.py explains the three ways: --val-data, Flickr8k's split lists, a hash of
-    the file names.
-    """
-    images = _read_image_files(config, "--data", config.data)
-    annotations = Path(rest.rpartition(":")[0])
-    if config.val_data:
-        held_out = _read_image_files(config, "--val-data", config.val_data)
-        both = sorted(
-            set(map(os.path.realpath, images.paths)) & set(map(os.path.realpath, held_out.paths))
-        )
-        if both:
-            raise UserError(
-                f"{len(both)} image(s) of --val-data are in --data too (e.g. {both[0]}); "
-                "held-out images must not be trained on: pass held-out annotations."
-            )
-        validation, test = caption_splits.halve(held_out)
-        how = (
-            f"every image of --data trains; the {len(held_out)} images of --val-data are split "
-            "in half into validation and test by a hash of the file name"
-        )
-        too_few = (
-            f"--val-data has {len(held_out)} captioned image(s), and validation and test need "
-            "one each; pass a larger held-out annotations file"
-        )
-        files = {"train": images, "validation": validation, "test": test}
-        return files, how, {split: too_few for split in SPLITS}
-    if kind != "flickr8k" and config.split_lists not in ("auto", "none"):
-        raise UserError(
-            "--split-lists names Flickr8k's split lists; for coco data pass held-out "
-            "annotations (captions_val2017.json) with --val-data."
-        )
-    try:
-        lists = (
-            caption_splits.find_split_lists(annotations, config.split_lists)
-            if kind == "flickr8k"
-            else None
-        )
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    if lists:
-        files, unlisted = caption_splits.split_by_lists(images, lists)
-        folder = lists["train"].parent
-        how = (
-            f"the split lists in {folder} ({', '.join(p.name for p in lists.values())}); "
-            f"{unlisted} captioned image(s) in no list are left out"
-        )
-        advice = {
-            split: f"no name in {lists[split]} is a captioned image of {annotations}; fix the "
-            "list, or pass --split-lists none to split by a hash of the file names"
-            for split in SPLITS
-        }
-        return files, how, advice
-    files = caption_splits.split_by_hash(images)
-    how = "90/5/5 by a hash of each image's file name"
-    official = sorted(annotations.parent.glob("captions_val*.json")) if kind == "coco" else []
-    if official and official[0] != annotations:
-        how += f" (for the official split, pass --val-data coco:{official[0]}:IMAGE_DIR)"
-    too_few = (
-        f"{annotations} has only {len(images)} captioned image(s), and a train, validation "
-        "and test split needs 3 or more; add images, or pass held-out images with --val-data"
-    )
-    return files, how, {split: too_few for split in SPLITS}
-
-
-def build_vocabulary(config: CaptionerConfig, train: tf.data.Dataset) -> Vocabulary:
-    captions = (
-        c.decode("utf-8") for element in train.as_numpy_iterator() for c in element["captions"]
-    )
-    return vocabulary_from_captions(config, captions)
-
-
-def vocabulary_from_captions(config: CaptionerConfig, captions) -> Vocabulary:
-    """The word vocabulary of the training captions (an iterable of strings)."""
-    return Vocabulary.from_texts(
-        captions, "word", max_size=config.max_vocabulary, min_count=config.min_count
-    )
-
-
-def training_batches(
-    dataset: tf.data.Dataset,
-    model: Captioner,
-    batch_size: int,
-    shuffle: bool,
-    seed: int,
-    cache: str | None = "",
-) -> tf.data.Dataset:
-    """Elements -> `({"image" or "features", "decoder_inputs"}, labels)` batches, one random
-    caption per image.
-
-    `cache` is where the decoded images are kept after the first pass, as
-    `tf.data.Dataset.cache` takes it: "" in memory, a file prefix on disk, None nowhere
-    (`training.image_cache` chooses it from --cache-images).
-
-    A new caption is drawn for every image in every epoch, so an epoch costs one pass over
-    the images, and over the epochs the model sees every wording. Every batch is cut to its
-    longest caption. Batches are *not* grouped by caption length as the chatbot's are: grouped,
-    the default run reached greedy BLEU-4 70 instead of 88. A caption's length follows from
-    the picture (one shape or four), so grouped batches hold similar pictures, and the CNN's
-    batch normalisation then trains on batch statistics it never sees at inference: the
-    likely cause.
-    """
-    # Cached backbone features (training.feature_cache) replace the images when present.
-    input_key = "features" if "features" in dataset.element_spec else "image"
-    if input_key == "image" and cache is not None:
-        dataset = dataset.cache(cache)
-    if shuffle:
-        dataset = dataset.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
-
-    def one_caption(element):
-        captions = element["captions"]
-        pick = tf.random.uniform([], 0, tf.shape(captions)[0], dtype=tf.int32)
-        return element[input_key], captions[pick] if shuffle else captions[0]
-
-    def to_model_inputs(inputs, captions):
-        decoder_inputs, labels = batching.cut_to_longest(*model.text.encode_target(captions))
-        return {input_key: inputs, "decoder_inputs": decoder_inputs}, labels
-
-    return (
-        dataset.map(one_caption, num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(batch_size)
-        .map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-
-
-def build_model(config: CaptionerConfig, vocabulary: Vocabulary) -> Captioner:
-    model = Captioner(
-        vocabulary.tokens,
-        max_length=config.max_length,
-        image_size=config.image_size,
-        encoder=config.encoder,
-        weights=config.weights,
-        fine_tune=config.fine_tune,
-        feature_dim=config.feature_dim,
-        attention_regularization=config.attention_regularization,
-        decoder=config.decoder_settings(),
-        name="captioner",
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0),
-        loss=MaskedCrossEntropy(),
-        metrics=[MaskedAccuracy()],
-        jit_compile=config.jit_compile,
-    )
-    return model
-
-
-def export(model: Captioner, run_dir, config: CaptionerConfig):
-    """Writes `<run_dir>/export/captioner/<version>/` with the `caption` endpoint."""
-    size = config.image_size
-    endpoint = model.serving_function(
-        lambda image_bytes: caption_data.decode_image(image_bytes, size)
-    )
-    return write_savedmodel(
-        run_dir / "export" / EXPORT_NAME,
-        {"caption": endpoint},
-        track=[model],
-        metadata={
-            "kind": "captioner",
-            "image_size": size,
-            "grid_shape": list(model.grid_shape),
-            "max_batch": MAX_SERVING_BATCH,
-            "inputs": {"image_bytes": "string (batch ≤ max_batch,)", "beam_size": "int32 ()"},
-        },
-    )
-
-
-def train(config: CaptionerConfig, overwrite: bool = False, evaluate: bool = True) -> dict:
-    """The whole run; returns the evaluation metrics."""
-    from training import evaluate_captioner  # evaluation imports plotting; load it only here
-
-    strategy = distribute.make_strategy(config.strategy, config.devices)  # before other TF work
-    keras.mixed_precision.set_global_policy(config.precision)  # before any layer is built
-    print(distribute.describe(strategy))
-    keras.utils.set_random_seed(config.seed)
-    chief = distribute.is_chief(strategy)
-    run_dir = distribute.worker_run_dir(config.run_dir, strategy)
-    data = load_splits(config)
-    print(f"splits: {data.how}")
-    print(data.describe())
-    data.check(SPLITS if evaluate else ("train", "validation"))  # before the run dir is touched
-    if not overwrite:
+    def check_run_dir(self, run_dir: Path, config: CaptionerConfig) -> None:
         refuse_caption_split_runs(run_dir, config)
-    run_dir = prepare_run_dir(run_dir, config, EXPORT_NAME, overwrite)
-    train_data, val_data = data.dataset("train"), data.dataset("validation")
-    vocabulary = vocabulary_from_captions(config, data.train_captions())
-    save_config(run_dir, config)
-    save_vocabulary(vocabulary, run_dir / "vocabulary.json")
-    print(f"vocabulary: {len(vocabulary)} tokens")
 
-    with strategy.scope():  # the model's variables are created mirrored on every replica
-        model = build_model(config, vocabulary)
+    def vocabularies(self, config: CaptionerConfig, data: pipeline.DataSplits) -> dict:
+        return {"vocabulary.json": pipeline.vocabulary_from_captions(config, data.train_captions())}
+
+    def build(self, config: CaptionerConfig, data: pipeline.DataSplits, vocabularies, run_dir):
+        model = pipeline.build_model(config, vocabularies["vocabulary.json"])
+        train_data, val_data = data.dataset("train"), data.dataset("validation")
         caches = {"train": None, "validation": None}
-        if not config.cache_features:
+        if config.cache_features:
+            if not model.cnn_is_frozen:
+                raise UserError(
+                    "--cache-features needs a frozen keras.applications backbone (e.g. --encoder "
+                    "mobilenet_v3_small --fine-tune false); the small_cnn trains with the decoder."
+                )
+            train_data = cached_features(train_data, model, run_dir / "features" / "train")
+            val_data = cached_features(val_data, model, run_dir / "features" / "validation")
+        else:
             where, why = image_cache.choose(
                 config.cache_images,
                 data.sizes["train"] + data.sizes["validation"],
@@ -404,25 +87,18 @@ def train(config: CaptionerConfig, overwrite: bool = False, evaluate: bool = Tru
             )
             print(f"image cache: {where} ({why})")
             caches = {split: image_cache.cache_argument(where, run_dir, split) for split in caches}
-        if config.cache_features:
-            if not model.cnn_is_frozen:
-                raise UserError(
-                    "--cache-features needs a frozen keras.applications backbone (e.g. --encoder "
-                    "mobilenet_v3_small --fine-tune false); the small_cnn trains with the decoder."
-                )
-            train_data = cached_features(train_data, model, run_dir / "features" / "train")
-            val_data = cached_features(val_data, model, run_dir / "features" / "validation")
         seed = zlib.crc32(str(config.seed).encode())
-        train_batches = training_batches(
-            train_data, model, config.batch_size, True, seed, caches["train"]
+        batch_size = config.batch_size
+        train_batches = pipeline.training_batches(
+            train_data, model, batch_size, True, seed, caches["train"]
         )
-        val_batches = training_batches(
-            val_data, model, config.batch_size, False, seed, caches["validation"]
+        val_batches = pipeline.training_batches(
+            val_data, model, batch_size, False, seed, caches["validation"]
         )
         # A first batch to build the model with, from an uncached pipeline: a cache that is
         # read only in part is thrown away (with a warning, for a file cache).
         first_batch = next(
-            iter(training_batches(val_data, model, config.batch_size, False, seed, None))
+            iter(pipeline.training_batches(val_data, model, batch_size, False, seed, None))
         )
         # How the workers share the data. shapes (in-memory arrays), coco and flickr8k (a list
         # of image paths decoded in a map: no file-reading dataset to split) and cached
@@ -432,41 +108,23 @@ def train(config: CaptionerConfig, overwrite: bool = False, evaluate: bool = Tru
         # falls back to DATA otherwise.
         tfds_files = config.data.startswith("tfds:") and not config.cache_features
         policy = distribute.AUTO if tfds_files else distribute.DATA
-        train_batches = distribute.shard(train_batches, policy)
-        val_batches = distribute.shard(val_batches, policy)
         model(first_batch[0])  # build every weight before BackupAndRestore restores
-    fit(
-        model,
-        run_dir,
-        train_batches,
-        val_batches,
-        config.epochs,
-        config.patience,
-        strategy=strategy,
-    )
-    metrics = {}
-    if evaluate and chief:
-        metrics = evaluate_captioner.evaluate(model, config, run_dir, data.dataset("test"))
-    version_dir = export(model, run_dir, config)  # every worker: saving may need collectives
-    if not chief:
-        distribute.remove_worker_dir(config.run_dir, strategy)
-        return metrics
-    print(f"exported: {version_dir}")
-    return metrics
+        return model, distribute.shard(train_batches, policy), distribute.shard(val_batches, policy)
+
+    def evaluate(self, model, config: CaptionerConfig, run_dir, data: pipeline.DataSplits):
+        return evaluate_captioner.evaluate(model, config, run_dir, data.dataset("test"))
+
+    def export(self, model, run_dir, config: CaptionerConfig):
+        return pipeline.export(model, run_dir, config)
+
+
+def train(config: CaptionerConfig, overwrite: bool = False, evaluate: bool = True) -> dict:
+    """The whole run (`training.run.train`); returns the evaluation metrics."""
+    return run.train(CaptionerRecipe(), config, overwrite, evaluate)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="train again in a run directory that holds a model"
-    )
-    parser.add_argument("--no-evaluate", action="store_true", help="skip the test-split evaluation")
-    config_io.add_arguments(parser, CaptionerConfig)
-    args = parser.parse_args(argv)
-    config = config_io.from_args(CaptionerConfig, args)
-    train(config, overwrite=args.overwrite, evaluate=not args.no_evaluate)
+    run.main(CaptionerRecipe(), __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def test_a_complete_cache_is_reused_and_an_unfinished_one_rebuilt(frozen_model, 
 
 
 def test_training_reads_features_instead_of_images(frozen_model, scenes, tmp_path):
-    from training.train_captioner import training_batches
+    from training.captioner_pipeline import training_batches
 
     cache = cached_features(scenes, frozen_model, tmp_path / "train", batch_size=4)
     inputs, labels = next(iter(training_batches(cache, frozen_model, 4, False, seed=0)))

@@ -1,0 +1,124 @@
+"""One training run, the same for every application: the skeleton both training scripts fill in.
+
+    strategy and precision → seed → data (checked before anything is written) → run directory
+    → vocabularies → model and batches (under the strategy's scope) → fit → evaluation → export
+
+`train_captioner.py` and `train_chatbot.py` each describe their application as a `Recipe`
+(how to read its data, build its vocabularies, model and batches, evaluate and export it),
+and `main` gives both the same command line: the settings' flags, `--overwrite` and
+`--no-evaluate`. Everything a run writes is described in `training.common`.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from shared import config as config_io
+from shared.text import Vocabulary
+from training import distribute
+from training.common import fit, prepare_run_dir, save_config, save_vocabulary
+from training.settings import RunSettings
+
+
+class Recipe(abc.ABC):
+    """What one application adds to the run skeleton of `train`."""
+
+    config_class: type[RunSettings]
+    export_name: str  # the export is written to <run_dir>/export/<export_name>/<version>/
+
+    @abc.abstractmethod
+    def load_data(self, config, evaluate: bool):
+        """Reads (or finds) the data and prints its splits; raises a `UserError` before
+        anything is written if a split it needs is empty. Returns what the other steps take."""
+
+    def check_run_dir(self, run_dir: Path, config) -> None:
+        """Refuses to resume `run_dir` when the application knows it cannot (by default it
+        can: `prepare_run_dir` has checked the settings)."""
+        return None
+
+    @abc.abstractmethod
+    def vocabularies(self, config, data) -> dict[str, Vocabulary]:
+        """The vocabularies the model is built with, by the file name they are saved under."""
+
+    @abc.abstractmethod
+    def build(
+        self, config, data, vocabularies: dict[str, Vocabulary], run_dir: Path
+    ) -> tuple[keras.Model, tf.data.Dataset, tf.data.Dataset]:
+        """(compiled model with every weight built, training batches, validation batches);
+        called inside the strategy's scope, so the weights are mirrored on every replica."""
+
+    def monitor(self, config) -> str:
+        """The logged value that picks the best epoch and stops training early."""
+        return "val_loss"
+
+    @abc.abstractmethod
+    def evaluate(self, model: keras.Model, config, run_dir: Path, data) -> dict:
+        """Writes metrics.json and samples/; returns the metrics."""
+
+    @abc.abstractmethod
+    def export(self, model: keras.Model, run_dir: Path, config) -> Path:
+        """Writes the SavedModel; returns its version folder."""
+
+
+def train(recipe: Recipe, config, overwrite: bool = False, evaluate: bool = True) -> dict:
+    """The whole run; returns the evaluation metrics (empty without `evaluate`, and on workers
+    other than the chief)."""
+    strategy = distribute.make_strategy(config.strategy, config.devices)  # before other TF work
+    keras.mixed_precision.set_global_policy(config.precision)  # before any layer is built
+    print(distribute.describe(strategy))
+    keras.utils.set_random_seed(config.seed)
+    chief = distribute.is_chief(strategy)
+    run_dir = distribute.worker_run_dir(config.run_dir, strategy)
+    data = recipe.load_data(config, evaluate)  # a wrong --data leaves the run directory alone
+    if not overwrite:
+        recipe.check_run_dir(run_dir, config)
+    run_dir = prepare_run_dir(run_dir, config, recipe.export_name, overwrite)
+    vocabularies = recipe.vocabularies(config, data)
+    save_config(run_dir, config)
+    for file_name, vocabulary in vocabularies.items():
+        save_vocabulary(vocabulary, run_dir / file_name)
+    sizes = ", ".join(f"{len(v)} tokens ({name})" for name, v in vocabularies.items())
+    print(f"vocabulary: {sizes}")
+
+    with strategy.scope():  # the model's variables are created mirrored on every replica
+        model, train_batches, val_batches = recipe.build(config, data, vocabularies, run_dir)
+    fit(
+        model,
+        run_dir,
+        train_batches,
+        val_batches,
+        config.epochs,
+        config.patience,
+        recipe.monitor(config),
+        strategy=strategy,
+    )
+    metrics = {}
+    if evaluate and chief:
+        metrics = recipe.evaluate(model, config, run_dir, data)
+    version_dir = recipe.export(model, run_dir, config)  # every worker: may need collectives
+    if not chief:
+        distribute.remove_worker_dir(config.run_dir, strategy)
+        return metrics
+    print(f"exported: {version_dir}")
+    return metrics
+
+
+def main(recipe: Recipe, description: str, argv=None) -> None:
+    """The training script's command line: every setting of `recipe.config_class`, plus
+    `--overwrite` and `--no-evaluate`."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="train again in a run directory that holds a model"
+    )
+    parser.add_argument("--no-evaluate", action="store_true", help="skip the evaluation")
+    config_io.add_arguments(parser, recipe.config_class)
+    args = parser.parse_args(argv)
+    config = config_io.from_args(recipe.config_class, args)
+    train(recipe, config, overwrite=args.overwrite, evaluate=not args.no_evaluate)

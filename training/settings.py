@@ -1,0 +1,98 @@
+"""The settings every run has, whatever it trains: decoder, training, devices and evaluation.
+
+`CaptionerConfig` (training/captioner_config.py) and `ChatbotConfig`
+(training/chatbot_config.py) extend `RunSettings` with their data and encoder settings, and
+declare again only the fields whose default or help differs for them (a dataclass field
+declared again keeps its place). The choices of a setting come from the module that owns them:
+cells and placements from `shared.decoder`, scores from `shared.attention`, strategies from
+`training.distribute`. `--help` groups the settings by their `section`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.attention import ATTENTION_SCORES
+from shared.config import setting
+from shared.decoder import CELLS, PLACEMENTS, default_placement
+from training.distribute import STRATEGIES
+
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+@dataclass
+class RunSettings:
+    run_dir: str = setting("runs/run", "where the run is written")
+    # === Decoder ===
+    embedding_dim: int = setting(64, "token embedding size", section="Decoder")
+    units: int = setting(256, "decoder units per layer", section="Decoder")
+    cell: str = setting("lstm", "decoder cell", choices=tuple(CELLS), section="Decoder")
+    num_layers: int = setting(1, "stacked decoder layers", section="Decoder")
+    attention: str = setting(
+        "additive",
+        "attention score",
+        choices=tuple(ATTENTION_SCORES) + ("none",),
+        section="Decoder",
+    )
+    placement: str | None = setting(
+        None,
+        "where attention enters the decoder (unset: bahdanau with attention, init_state with "
+        "--attention none)",
+        choices=PLACEMENTS,
+        section="Decoder",
+    )
+    dropout: float = setting(0.0, "dropout on embeddings and output features", section="Decoder")
+    # === Training ===
+    epochs: int = setting(10, "most passes over the training data", section="Training")
+    batch_size: int = setting(64, "examples per step", section="Training")
+    learning_rate: float = setting(3e-3, "Adam learning rate", section="Training")
+    patience: int = setting(3, "epochs without improvement before stopping", section="Training")
+    seed: int = setting(0, "seeds Python, NumPy and TensorFlow", section="Training")
+    strategy: str = setting(
+        "default",
+        "tf.distribute strategy: default (one device) | mirrored (GPUs of this machine) | "
+        "multiworker (several machines, each with its TF_CONFIG) | tpu; --batch-size is split "
+        "across the replicas; see the README's scaling section",
+        STRATEGIES,
+        section="Training",
+    )
+    devices: str = setting(
+        "",
+        "mirrored: a count (2; on a machine without GPUs, logical CPU devices) or a list "
+        "(GPU:0,GPU:2); multiworker: GPUs per worker; tpu: the TPU name (empty: all / local)",
+        section="Training",
+    )
+    jit_compile: bool = setting(
+        False,
+        "compile each training step with XLA (compiles once per batch shape; whether it is "
+        "faster depends on the machine: benchmarks/README.md has measurements)",
+        section="Training",
+    )
+    precision: str = setting(
+        "float32",
+        "float32 | mixed_bfloat16 (bfloat16 products, float32 weights and logits): for GPUs, "
+        "TPUs and CPUs with bf16 instructions (AMX, AVX-512 BF16); slower on other CPUs, "
+        "see benchmarks/README.md",
+        PRECISIONS,
+        section="Training",
+    )
+    # === Evaluation ===
+    beam_size: int = setting(3, "beam size for the beam-search evaluation", section="Evaluation")
+    samples: int = setting(6, "attention pictures written to samples/", section="Evaluation")
+
+    def __post_init__(self):
+        # Resolved here, so config.json names the placement the run really used.
+        if self.placement is None:
+            self.placement = default_placement(self.attention)
+
+    def decoder_settings(self) -> dict:
+        """The `AttentionDecoder` arguments these settings give."""
+        return {
+            "embedding_dim": self.embedding_dim,
+            "units": self.units,
+            "cell": self.cell,
+            "num_layers": self.num_layers,
+            "dropout": self.dropout,
+            "attention": self.attention,
+            "placement": self.placement,
+        }
