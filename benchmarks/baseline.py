@@ -152,6 +152,14 @@ def chatbot_baseline(ours):
     return BaselineModel(encode, _decoder_like(ours), [embedding, *recurrent])
 
 
+def baseline_of(ours, inputs):
+    """The tutorial-style baseline of `ours` with `ours`'s weights."""
+    make = captioner_baseline if hasattr(ours, "cnn") else chatbot_baseline
+    model = make(ours)
+    copy_weights(ours, model, inputs)
+    return model
+
+
 def copy_weights(ours, baseline, inputs) -> None:
     """Loads every weight of `ours` into `baseline` (both built on `inputs` first)."""
     ours(inputs)
@@ -259,35 +267,33 @@ def main(argv=None) -> None:
         size = setups.QUICK if args.quick else setups.FULL
         ours, batch_list = setups.ours_and_batches(app, "chatterbot", size, count=1)
         inputs, labels = batch_list[0]
-        baseline = setups.baseline_of(ours, inputs)
+        baseline = baseline_of(ours, inputs)
         ours_loss = float(MaskedCrossEntropy()(labels, ours(inputs)))
         baseline_loss = float(tf.function(teacher_forced_loss)(baseline, inputs, labels))
         one = {k: v[:1] for k, v in inputs.items()}
         max_length = 12
         ours_tokens = setups.ours_greedy_tokens(ours, one, max_length)
         base_tokens = greedy_decode(baseline, one, max_length)
-        width = base_tokens.shape[1]
+        same = bool(np.array_equal(ours_tokens[:, : base_tokens.shape[1]], base_tokens))
         rows.append(
             {
                 "label": app,
                 "ours_loss": ours_loss,
                 "baseline_loss": baseline_loss,
-                "same_greedy_tokens": bool(np.array_equal(ours_tokens[:, :width], base_tokens)),
+                "same_greedy_tokens": same,
             }
         )
-    print(
-        common.table(
-            rows,
-            [
-                ("label", "model", ""),
-                ("ours_loss", "ours: loss at init", ".5f"),
-                ("baseline_loss", "baseline: loss at init", ".5f"),
-                ("same_greedy_tokens", "same greedy tokens", ""),
-            ],
-        )
+    common.report(
+        "baseline",
+        args,
+        rows,
+        [
+            ("label", "model", ""),
+            ("ours_loss", "ours: loss at init", ".5f"),
+            ("baseline_loss", "baseline: loss at init", ".5f"),
+            ("same_greedy_tokens", "same greedy tokens", ""),
+        ],
     )
-    path = common.write_results("baseline", args.out, args.quick, {"rows": rows})
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

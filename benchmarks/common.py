@@ -141,6 +141,15 @@ def worker_reply(result: dict) -> None:
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
+def answer_worker(args: argparse.Namespace, measure: Callable[[dict], dict]) -> bool:
+    """In a worker process (`--worker SPEC`, started by `run_isolated`): measures the one spec,
+    replies, and returns True, so that the script's `main` stops there."""
+    if not args.worker:
+        return False
+    worker_reply(measure(json.loads(args.worker)))
+    return True
+
+
 def run_specs(module: str, specs: list[dict], measure: Callable[[dict], dict], isolate: bool):
     """Measures every spec, each in its own process when `isolate`; returns spec+result rows."""
     rows = []
@@ -229,6 +238,24 @@ def write_results(name: str, out_dir: str, quick: bool, data: dict) -> Path:
         **data,
     }
     write_text(path, json.dumps(payload, indent=2))
+    return path
+
+
+def report(
+    name: str,
+    args: argparse.Namespace,
+    rows: list[dict],
+    columns: list[tuple[str, str, str]],
+    data: dict | None = None,
+) -> Path:
+    """What every script ends with: the table of `rows`, the rows that failed, and the JSON
+    (`data`, by default the rows) written by `write_results`; returns its path."""
+    print(table(rows, columns))
+    failed = errors(rows)
+    if failed:
+        print(failed)
+    path = write_results(name, args.out, args.quick, {"rows": rows} if data is None else data)
+    print(f"wrote {path}")
     return path
 
 

@@ -7,7 +7,7 @@ Writes a synthetic COCO-format set (small JPEGs, templated captions) into a temp
 nothing is downloaded. Each row runs in a fresh process (`common.run_isolated`), because a
 process's peak resident memory never goes down:
 
-- `train/<mode>`: the training pipeline (`training_batches`, as `train_captioner` builds it:
+- `train/<mode>`: the training pipeline (`captioner_pipeline.training_batches`, as training builds it:
   decode, cache, shuffle 4096, one random caption, batch 64) read for two passes, the first
   filling the cache, the second reading it; --cache-images memory, disk and none. The model's
   training steps are left out: their memory does not depend on the number of images.
@@ -80,20 +80,23 @@ def tiny_config(spec: dict):
 def measure(spec: dict) -> dict:
     """One row, in this process."""
     from captioner import data as caption_data
-    from training import evaluate_captioner, image_cache
-    from training import train_captioner as tc
+    from training import captioner_pipeline, evaluate_captioner, image_cache
 
     config = tiny_config(spec)
-    data = tc.load_splits(config)
-    vocabulary = tc.vocabulary_from_captions(config, data.train_captions())
-    model = tc.build_model(config, vocabulary)
-    two = tc.training_batches(data.dataset("validation").take(2), model, 2, False, 0, None)
+    data = captioner_pipeline.load_splits(config)
+    vocabulary = captioner_pipeline.vocabulary_from_captions(config, data.train_captions())
+    model = captioner_pipeline.build_model(config, vocabulary)
+    two = captioner_pipeline.training_batches(
+        data.dataset("validation").take(2), model, 2, False, 0, None
+    )
     model(next(iter(two))[0])  # built on two pictures: a batch of 64 would raise the peak
     built, peak_before = common.current_rss_mb(), common.peak_rss_mb()
     kind, mode = spec["label"].split("/")
     if kind == "train":
         where = image_cache.cache_argument(mode, Path(config.run_dir), "train")
-        batches = tc.training_batches(data.dataset("train"), model, 64, True, 0, where)
+        batches = captioner_pipeline.training_batches(
+            data.dataset("train"), model, 64, True, 0, where
+        )
         passes = []
         for _ in range(2):
             start = time.perf_counter()
@@ -151,8 +154,7 @@ def main(argv=None) -> None:
     parser.add_argument("--image-size", type=int, default=224, help="decoded size in pixels")
     parser.add_argument("--eval-images", type=int, default=2000, help="images captioned")
     args = parser.parse_args(argv)
-    if args.worker:
-        common.worker_reply(measure(json.loads(args.worker)))
+    if common.answer_worker(args, measure):
         return
     if args.quick:
         args.images, args.image_size, args.eval_images = 300, 64, 200
@@ -198,14 +200,8 @@ def main(argv=None) -> None:
         ("coco_peak_mb", f"COCO {COCO_TRAIN_IMAGES:,} images: peak (MB)", ".0f"),
     ]
     print(f"{args.images} synthetic COCO-format images at {args.image_size} px")
-    print(common.table(rows, columns))
-    print(common.errors(rows))
-    common.write_results(
-        "data_memory",
-        args.out,
-        args.quick,
-        {"images": args.images, "image_size": args.image_size, "rows": rows},
-    )
+    results = {"images": args.images, "image_size": args.image_size, "rows": rows}
+    common.report("data_memory", args, rows, columns, results)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ NAME = "decode_latency"
 
 def _captioner(size, quick):
     from benchmarks import setups
-    from training import train_captioner as tc
+    from training import captioner_pipeline
 
     overrides = {"max_length": 6} if quick else {}
     model, batches, config = setups.ours_captioner(size, count=1, **overrides)
@@ -53,12 +53,20 @@ def _captioner(size, quick):
     def core_inputs(n):
         return {"image": images[:n]}
 
-    return model, config, tc.export, "caption", endpoint_args, core_inputs, model.max_length
+    return (
+        model,
+        config,
+        captioner_pipeline.export,
+        "caption",
+        endpoint_args,
+        core_inputs,
+        model.max_length,
+    )
 
 
 def _chatbot(size, quick):
     from benchmarks import setups
-    from training import train_chatbot as tb
+    from training import chatbot_pipeline
 
     overrides = {"max_target_length": 6} if quick else {}
     model, batches, config = setups.ours_chatbot(size, "chatterbot", count=1, **overrides)
@@ -79,7 +87,15 @@ def _chatbot(size, quick):
     def core_inputs(n):
         return {"source": model.source_text(texts[:n])}
 
-    return model, config, tb.export, "reply", endpoint_args, core_inputs, model.max_target_length
+    return (
+        model,
+        config,
+        chatbot_pipeline.export,
+        "reply",
+        endpoint_args,
+        core_inputs,
+        model.max_target_length,
+    )
 
 
 def core_search(model):
@@ -118,7 +134,9 @@ def measure_app(app: str, quick: bool) -> list[dict]:
     saved_model = tf.saved_model.load(str(version_dir))  # keep it alive: it owns the variables
     loaded = getattr(saved_model, endpoint_name)
     core = core_search(model)
-    base = setups.baseline_of(model, {**core_inputs(1), "decoder_inputs": tf.ones([1, 1], "int32")})
+    base = baseline.baseline_of(
+        model, {**core_inputs(1), "decoder_inputs": tf.ones([1, 1], "int32")}
+    )
 
     big = 2 if quick else 32
     repeats = {1: 1 if quick else 20, big: 1 if quick else 4}
@@ -188,15 +206,13 @@ def main(argv=None) -> None:
     for app in ("captioner", "chatbot"):
         rows += measure_app(app, args.quick)
     add_ratios(rows)
-    print(common.table(rows, COLUMNS))
     print(
         "decode steps (fixed):",
         {r["app"]: r["decode_steps"] for r in rows},
         "| baseline greedy tokens == ours:",
         {r["app"]: r["same_greedy_tokens_as_baseline"] for r in rows},
     )
-    path = common.write_results(NAME, args.out, args.quick, {"rows": rows})
-    print(f"wrote {path}")
+    common.report(NAME, args, rows, COLUMNS)
 
 
 if __name__ == "__main__":

@@ -130,7 +130,7 @@ def profiler_flops(baseline_model, inputs, labels) -> int | None:
 
 
 def measure_app(app: str, quick: bool) -> dict:
-    from benchmarks import setups
+    from benchmarks import baseline, setups
 
     setups.set_precision("float32")
     size = setups.QUICK if quick else setups.FULL
@@ -141,7 +141,7 @@ def measure_app(app: str, quick: bool) -> dict:
     inputs, labels = batches[0]
     ours = step_macs(model, inputs)
     base = step_macs(model, inputs, recompute_keys=True)
-    baseline_model = setups.baseline_of(model, inputs)
+    baseline_model = baseline.baseline_of(model, inputs)
     counted = profiler_flops(baseline_model, inputs, labels)
     step = lambda: model.train_on_batch(inputs, labels)  # noqa: E731
     timing = common.time_calls(step, repeats=2 if quick else 6, warmup=2)
@@ -185,25 +185,24 @@ def main(argv=None) -> None:
     peak = rates[f"matmul {n}^3 float32"]
     for app in apps:
         app["share_of_matmul_rate"] = app["achieved_gflops"] / peak
-    print(
-        common.table(
-            apps,
-            [
-                ("app", "app", ""),
-                ("data", "data", ""),
-                ("train_gflop_per_step", "train GFLOP/step (analytic)", ".2f"),
-                ("step_ms_p50", "step ms p50", ".0f"),
-                ("achieved_gflops", "achieved GFLOP/s", ".1f"),
-                ("share_of_matmul_rate", "share of fp32 matmul rate", ".0%"),
-                ("baseline_forward_gflop_analytic", "baseline fwd GFLOP analytic", ".3f"),
-                ("baseline_forward_gflop_profiler", "baseline fwd GFLOP profiler", ".3f"),
-            ],
-        )
-    )
     rate_rows = [{"what": k, "gflops": v} for k, v in rates.items()]
     print(common.table(rate_rows, [("what", "measured", ""), ("gflops", "GFLOP/s", ".1f")]))
-    path = common.write_results(NAME, args.out, args.quick, {"apps": apps, "matmul": rates})
-    print(f"wrote {path}")
+    common.report(
+        NAME,
+        args,
+        apps,
+        [
+            ("app", "app", ""),
+            ("data", "data", ""),
+            ("train_gflop_per_step", "train GFLOP/step (analytic)", ".2f"),
+            ("step_ms_p50", "step ms p50", ".0f"),
+            ("achieved_gflops", "achieved GFLOP/s", ".1f"),
+            ("share_of_matmul_rate", "share of fp32 matmul rate", ".0%"),
+            ("baseline_forward_gflop_analytic", "baseline fwd GFLOP analytic", ".3f"),
+            ("baseline_forward_gflop_profiler", "baseline fwd GFLOP profiler", ".3f"),
+        ],
+        {"apps": apps, "matmul": rates},
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ every token is real), each point in its own process so its peak RSS is its own:
 
 from __future__ import annotations
 
-import json
-
 import keras
 import numpy as np
 
@@ -136,14 +134,10 @@ COLUMNS = [
 
 def main(argv=None) -> None:
     args = common.parser(__doc__).parse_args(argv)
-    if args.worker:
-        common.worker_reply(measure(json.loads(args.worker)))
+    if common.answer_worker(args, measure):
         return
     rows = common.run_specs("benchmarks." + NAME, specs(args.quick), measure, not args.quick)
-    print(common.table(rows, COLUMNS))
-    print(common.errors(rows))
-    path = common.write_results(NAME, args.out, args.quick, {"rows": rows})
-    print(f"wrote {path}")
+    common.report(NAME, args, rows, COLUMNS)
 
 
 if __name__ == "__main__":

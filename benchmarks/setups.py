@@ -1,6 +1,6 @@
 """The models and data every benchmark measures, built the way the training scripts build them.
 
-Ours: `training.train_captioner.build_model` / `training.train_chatbot.build_model` (Adam,
+Ours: `training.captioner_pipeline.build_model` / `training.chatbot_pipeline.build_model` (Adam,
 clipnorm 5, masked cross-entropy, masked accuracy) on batches from `training_batches` / `batches`,
 only with the benchmark's sizes (embedding 256, units 512, batch 64; tiny ones with `--quick`).
 The baseline (`benchmarks/baseline.py`) gets the same sizes, the same weights (copied from
@@ -108,19 +108,19 @@ def ours_captioner(
     """(model, batches, config) for the captioner on the shapes data (`count`: see
     `_full_batches`). `cache_features`: a frozen backbone's feature maps replace the images,
     computed once by `training.feature_cache` as `--cache-features true` does."""
-    from training import train_captioner as tc
+    from training import captioner_pipeline
     from training.feature_cache import cached_features
 
     config = captioner_config(size, image_size, encoder, seed=seed, **overrides)
     keras.utils.set_random_seed(seed)
-    train = tc.load_split(config, "train")
-    vocabulary = tc.build_vocabulary(config, train)
-    model = tc.build_model(config, vocabulary)
+    train = captioner_pipeline.load_split(config, "train")
+    vocabulary = captioner_pipeline.build_vocabulary(config, train)
+    model = captioner_pipeline.build_model(config, vocabulary)
     folder = None
     if cache_features:  # a fresh cache every time, so its cost is part of the setup time
         folder = Path(tempfile.mkdtemp(prefix="glimpse-bench-features-"))
         train = cached_features(train, model, folder / "train")
-    dataset = tc.training_batches(train, model, size.batch_size, True, seed)
+    dataset = captioner_pipeline.training_batches(train, model, size.batch_size, True, seed)
     batch_list = _full_batches(dataset, size.batch_size, count)
     if folder is not None:  # the batches are in memory now
         shutil.rmtree(folder)
@@ -129,9 +129,9 @@ def ours_captioner(
 
 
 def chatbot_pairs(data: str, size: Size):
-    from training import train_chatbot as tb
+    from training import chatbot_pipeline
 
-    pairs, _, _ = tb.load_splits(chatbot_config(size, data))
+    pairs, _, _ = chatbot_pipeline.load_splits(chatbot_config(size, data))
     return pairs
 
 
@@ -139,20 +139,20 @@ def ours_chatbot(size: Size, data="chatterbot", count=8, seed=0, **overrides):
     """(model, batches, config) for the chatbot on `data` (`chatterbot` or `synthetic30`;
     `count`: see `_full_batches`)."""
     from shared.text import Vocabulary
-    from training import train_chatbot as tb
+    from training import chatbot_pipeline
 
     source = SYNTHETIC30 if data == "synthetic30" else data
     config = chatbot_config(size, source, seed=seed, **overrides)
     keras.utils.set_random_seed(seed)
-    pairs, _, _ = tb.load_splits(config)
+    pairs, _, _ = chatbot_pipeline.load_splits(config)
     vocabularies = [
         Vocabulary.from_texts(
             (getattr(p, side) for p in pairs), config.mode, config.max_vocabulary, config.min_count
         )
         for side in ("prompt", "reply")
     ]
-    model = tb.build_model(config, *vocabularies)
-    dataset = tb.batches(pairs, model, size.batch_size, True, seed)
+    model = chatbot_pipeline.build_model(config, *vocabularies)
+    dataset = chatbot_pipeline.batches(pairs, model, size.batch_size, True, seed)
     batch_list = _full_batches(dataset, size.batch_size, count)
     model(batch_list[0][0])  # builds every weight, as the training script does
     return model, batch_list, config
@@ -165,16 +165,6 @@ def ours_and_batches(app: str, data: str, size: Size, count=8, **kwargs):
     else:
         model, batch_list, _ = ours_chatbot(size, data, count=count, **kwargs)
     return model, batch_list
-
-
-def baseline_of(ours, inputs):
-    """The tutorial-style baseline of `ours` with `ours`'s weights."""
-    from benchmarks import baseline
-
-    make = baseline.captioner_baseline if hasattr(ours, "cnn") else baseline.chatbot_baseline
-    model = make(ours)
-    baseline.copy_weights(ours, model, inputs)
-    return model
 
 
 def same_optimizer(config):
@@ -210,10 +200,10 @@ def corpus_longest(model, config) -> dict[str, int]:
     """
     if hasattr(model, "cnn"):
         return {"decoder_inputs": config.max_length}
-    from training import train_chatbot as tb
+    from training import chatbot_pipeline
     from training.batching import longest_row
 
-    pairs, _, _ = tb.load_splits(config)
+    pairs, _, _ = chatbot_pipeline.load_splits(config)
     replies = tf.constant([p.reply for p in pairs])
     prompts = tf.constant([p.prompt for p in pairs])
     return {

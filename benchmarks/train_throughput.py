@@ -124,7 +124,7 @@ def step_and_loss(spec: dict, ours, batches, config):
     if spec["impl"] == "encoder":
         return encoder_step(ours, setups.same_optimizer(config)), None
     if spec["impl"] == "baseline":
-        model = setups.baseline_of(ours, batches[0][0])
+        model = baseline.baseline_of(ours, batches[0][0])
         train_step = baseline.make_train_step(model, setups.same_optimizer(config))
         evaluate = tf.function(lambda x, y: baseline.teacher_forced_loss(model, x, y))
         return (lambda x, y: float(train_step(x, y))), (lambda x, y: float(evaluate(x, y)))
@@ -249,20 +249,14 @@ def main(argv=None) -> None:
     p.add_argument("--mobilenet", action="store_true", help="add 224 px MobileNetV3-Small rows")
     p.add_argument("--data", action="append", help="only these data rows (repeatable): shapes, …")
     args = p.parse_args(argv)
-    if args.worker:
-        import json
-
-        common.worker_reply(measure(json.loads(args.worker)))
+    if common.answer_worker(args, measure):
         return
     chosen = [
         s for s in specs(args.quick, args.mobilenet) if not args.data or s["data"] in args.data
     ]
     rows = common.run_specs("benchmarks." + NAME, chosen, measure, isolate=not args.quick)
     add_ratios(rows)
-    print(common.table(rows, COLUMNS))
-    print(common.errors(rows))
-    path = common.write_results(NAME, args.out, args.quick, {"rows": rows})
-    print(f"wrote {path}")
+    common.report(NAME, args, rows, COLUMNS)
 
 
 if __name__ == "__main__":

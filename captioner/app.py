@@ -14,7 +14,6 @@ own bytes when TensorFlow can decode them, else the picture re-encoded as PNG.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import io
 import shutil
@@ -31,10 +30,12 @@ from shared import serving
 from shared.plots import overlay_attention
 
 EXPORT_NAME = "captioner"
+ENDPOINT = "caption"
 TRAIN_MODULE = "training.train_captioner"
 DEFAULT_RUN_DIR = "runs/captioner"
 SEARCH_CHOICES = [("greedy", 1), ("beam search, 3 beams", 3), ("beam search, 5 beams", 5)]
 DEFAULT_BEAM_SIZE = 3
+DEFAULT_IMAGE_SIZE = 64  # of the example pictures, when the export does not say
 # Sent to the model as uploaded. Not GIF: TensorFlow decodes every frame of a GIF, each at its
 # own declared size, so a GIF is always re-encoded from the first frame Pillow read.
 TF_DECODABLE_FORMATS = frozenset({"PNG", "JPEG", "BMP", "WEBP"})
@@ -111,7 +112,7 @@ def run_caption(model, image_bytes: bytes, beam_size: int) -> Caption:
     """Calls the export's `caption` endpoint on one encoded picture."""
     import tensorflow as tf
 
-    outputs = caption_endpoint(model)(
+    outputs = serving.find_endpoint(model, ENDPOINT, EXPORT_NAME)(
         image_bytes=tf.constant([image_bytes]), beam_size=tf.constant(beam_size, tf.int32)
     )
     words = [word for word in serving.as_text(outputs["tokens"][0]) if word]
@@ -126,14 +127,9 @@ def run_caption(model, image_bytes: bytes, beam_size: int) -> Caption:
     )
 
 
-def caption_endpoint(model):
-    """The `caption` function of a loaded SavedModel; ValueError when it has none."""
-    endpoint = getattr(model, "caption", None)
-    if endpoint is None:
-        endpoint = getattr(model, "signatures", {}).get("caption")
-    if endpoint is None:
-        raise ValueError("the SavedModel has no `caption` endpoint; is it a captioner export?")
-    return endpoint
+def image_size_of(metadata: dict) -> int:
+    """The side of the pictures the export's model reads, from its metadata."""
+    return int(metadata.get("image_size", DEFAULT_IMAGE_SIZE))
 
 
 def display_size(picture: np.ndarray) -> np.ndarray:
@@ -179,21 +175,10 @@ def build_app(
 ) -> gr.Blocks:
     """The captioner page for the newest export in `run_dir` (or a "no model" notice).
 
-    `delete_cache` is `(check every, delete after)` in seconds for uploads and panels.
+    `delete_cache` is `(check every, delete after)` in seconds for uploads and attention panels.
     """
-    model, image_size, problem = None, 64, None
-    version_dir = serving.find_export(run_dir, EXPORT_NAME)
-    if version_dir is None:
-        problem = serving.no_model_problem(run_dir, EXPORT_NAME, TRAIN_MODULE)
-    else:
-        try:
-            loaded = serving.load_export(version_dir)
-            caption_endpoint(loaded.model)
-            model, image_size = loaded.model, int(loaded.metadata.get("image_size", 64))
-        except Exception as error:  # any failure to load is reported on the page instead
-            problem = serving.load_failed_problem(version_dir, error, EXPORT_NAME, TRAIN_MODULE)
-    if problem:
-        print(problem.log, flush=True)
+    served = serving.open_export(run_dir, EXPORT_NAME, TRAIN_MODULE, ENDPOINT, image_size_of)
+    model, image_size, problem = served.model, served.settings, served.problem
     kept = f" (uploads are kept {serving.duration_text(delete_cache[1])})" if delete_cache else ""
 
     def caption_upload(upload: dict | None, beam_size):
@@ -225,10 +210,7 @@ def build_app(
             "shows one word of the caption, with the picture tinted red where the model "
             "looked while writing it."
         )
-        if problem:
-            gr.Markdown(f"**{problem.page}**", elem_id="problem")
-        elif version_dir is not None:  # the version only: the folder is the server's business
-            gr.Markdown(f"Model: {EXPORT_NAME} version {version_dir.name}", elem_id="model")
+        served.show_notice()
         with gr.Row():
             with gr.Column():
                 image = gr.Image(
@@ -262,12 +244,7 @@ def build_app(
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="the training run to serve")
-    serving.add_launch_arguments(parser)
-    args = parser.parse_args(argv)
-    settings = serving.prepare_launch(parser, args)
-    serving.serve_forever(build_app(args.run_dir, settings.delete_cache), settings)
+    serving.serve_run_dir(__doc__.split("\n\n")[0], DEFAULT_RUN_DIR, build_app, argv)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,8 @@ labels `(0,)`.
 Sources: the built-in shapes scenes (generated once, cached on disk), COCO-style caption JSON,
 the Flickr8k token file, and TFDS `coco_captions` (only if already prepared: nothing downloads).
 `decode_image` and `resize_image` are the one image path for all of them and for the exported
-model. `caption_pairs` turns any source into `(image, caption)` training pairs.
-`read_coco_json` and `read_flickr8k` give the captioned files (`ImageFiles`) before any picture
-is decoded, so they can be split by image (`captioner.splits`) and counted first.
+model. `read_coco_json` and `read_flickr8k` give the captioned files (`ImageFiles`) before any
+picture is decoded, so they can be split by image (`captioner.splits`) and counted first.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from captioner.shapes import Scene, ShapeObject, generate_scenes
+from captioner.shapes import Scene, generate_scenes
 from shared.files import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -235,31 +234,14 @@ def image_files_dataset(images: ImageFiles, image_size: int) -> tf.data.Dataset:
     return dataset.map(to_element, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def caption_pairs(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """Common-structure elements -> `(image, caption)` pairs, one per reference caption."""
-
-    def repeat_image(element: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-        count = tf.shape(element["captions"])[0]
-        return tf.repeat(element["image"][None], count, axis=0), element["captions"]
-
-    return dataset.map(repeat_image).unbatch()
-
-
 # --- built-in shapes scenes -----------------------------------------------------------------
 
 
 def _shapes_cache_file(
-    split: str,
-    data_dir: str | Path,
-    image_size: int,
-    num_train: int,
-    num_val: int,
-    num_test: int,
-    seed: int,
+    split: str, data_dir: str | Path, image_size: int, counts: dict[str, int], seed: int
 ) -> Path:
-    name = (
-        f"shapes-{_SHAPES_CACHE_VERSION}-{image_size}px-{num_train}-{num_val}-{num_test}-seed{seed}"
-    )
+    sizes = "-".join(str(counts[name]) for name in SHAPES_SPLITS)  # train-validation-test
+    name = f"shapes-{_SHAPES_CACHE_VERSION}-{image_size}px-{sizes}-seed{seed}"
     return Path(data_dir) / name / f"{split}.npz"
 
 
@@ -290,22 +272,16 @@ def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _shapes_arrays(
-    split: str,
-    data_dir: str | Path,
-    image_size: int,
-    num_train: int,
-    num_val: int,
-    num_test: int,
-    seed: int,
+    split: str, data_dir: str | Path, image_size: int, counts: dict[str, int], seed: int
 ) -> dict[str, np.ndarray]:
-    """The split's arrays from the on-disk cache, generating and caching them the first time."""
+    """The split's arrays from the on-disk cache, generating and caching them the first time.
+    `counts`: the number of scenes of every split."""
     if split not in SHAPES_SPLITS:
         raise ValueError(f"Unknown shapes split {split!r}; use one of {', '.join(SHAPES_SPLITS)}.")
-    counts = {"train": num_train, "validation": num_val, "test": num_test}
     if any(count < 0 for count in counts.values()):
         raise ValueError(f"Split sizes must be zero or more, got {counts}.")
     _check_image_size(image_size)
-    path = _shapes_cache_file(split, data_dir, image_size, num_train, num_val, num_test, seed)
+    path = _shapes_cache_file(split, data_dir, image_size, counts, seed)
     if path.exists():
         try:
             with np.load(path, allow_pickle=False) as cached:
@@ -318,33 +294,6 @@ def _shapes_arrays(
     arrays = _scenes_to_arrays(scenes, image_size)
     _write_atomically(path, arrays)
     return arrays
-
-
-def load_shapes_scenes(
-    split: str,
-    data_dir: str | Path,
-    image_size: int = 64,
-    num_train: int = 8000,
-    num_val: int = 500,
-    num_test: int = 500,
-    seed: int = 0,
-) -> list[Scene]:
-    """The same split as `load_shapes`, as Python `Scene`s (objects and captions) for evaluation."""
-    arrays = _shapes_arrays(split, data_dir, image_size, num_train, num_val, num_test, seed)
-    scenes = []
-    for image, captions, labels, boxes, count in zip(
-        arrays["images"],
-        arrays["captions"],
-        arrays["labels"],
-        arrays["boxes"],
-        arrays["num_objects"],
-    ):
-        objects = []
-        for label, box in zip(labels[:count], boxes[:count]):
-            size, colour, shape = str(label).split()
-            objects.append(ShapeObject(shape, colour, size, tuple(float(v) for v in box)))
-        scenes.append(Scene(image, objects, [str(c) for c in captions if c]))
-    return scenes
 
 
 def load_shapes(
@@ -361,7 +310,8 @@ def load_shapes(
     Generated on first use (a few seconds) and cached under `data_dir`; later calls read the
     cache. Same arguments, same data, in the same order.
     """
-    arrays = _shapes_arrays(split, data_dir, image_size, num_train, num_val, num_test, seed)
+    counts = {"train": num_train, "validation": num_val, "test": num_test}
+    arrays = _shapes_arrays(split, data_dir, image_size, counts, seed)
 
     def to_element(row: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         count = row["num_objects"]

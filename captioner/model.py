@@ -105,7 +105,9 @@ class Captioner(keras.Model):
         else:
             regions = self.encode(inputs["image"], training=training)
         decoder_inputs = inputs["decoder_inputs"]
-        logits, weights = self.decoder(decoder_inputs, regions, training=training)
+        # XLA needs static shapes: compiled with `jit_compile`, every row runs every step.
+        packed = not self.jit_compile
+        logits, weights = self.decoder(decoder_inputs, regions, training=training, packed=packed)
         if self.attention_regularization > 0:
             self.add_loss(self._doubly_stochastic_penalty(decoder_inputs, weights))
         return logits
@@ -121,27 +123,18 @@ class Captioner(keras.Model):
 
     # === Captioning, in the graph ===
 
-    def caption_images(
-        self, images, beam_size=1, alpha=0.0, temperature=0.0, top_k=0, top_p=1.0, seed=0
-    ):
+    def caption_images(self, images, **search_settings):
         """uint8 images -> dict of `caption` strings, `score`, `attention` `(batch, T, regions)`,
-        `tokens` (the caption's words, padded with "") and `length`."""
+        `tokens` (the caption's words, padded with "") and `length`. `search_settings`:
+        `shared.search.search`'s (`beam_size`, `alpha`, `temperature`, `top_k`, `top_p`,
+        `seed`); greedy search without them."""
         if not self.built:  # build every layer before the search loop calls it
             self.build({"decoder_inputs": (None, None)})
         regions = self.encode(images, training=False)
         memory_context = self.decoder.prepare_memory(regions)
         state = self.decoder.initial_state(memory_context)
         result = search(
-            self.decoder.step,
-            state,
-            memory_context,
-            self.max_length,
-            beam_size=beam_size,
-            alpha=alpha,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
+            self.decoder.step, state, memory_context, self.max_length, **search_settings
         )
         return {
             "caption": self.text.decode(result.tokens),

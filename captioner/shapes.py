@@ -16,9 +16,7 @@ Everything is deterministic given a seed (numpy `Generator` + PIL drawing).
 
 from __future__ import annotations
 
-import collections
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -157,26 +155,6 @@ def scene_captions(objects: Sequence[ShapeObject], rng: np.random.Generator) -> 
         f"there are {count} shapes {_listing(shuffled)}",
         f"a picture of {_chain(reshuffled, _short_relation)}",
     ]
-
-
-def caption_words(caption: str) -> list[str]:
-    """Lowercase alphabetic words of a caption; punctuation and digits are ignored."""
-    return re.findall(r"[a-z]+", caption.lower())
-
-
-def objects_named(caption: str, objects: Sequence[ShapeObject]) -> float:
-    """Fraction of `objects` whose "size colour shape" phrase occurs in `caption`.
-
-    Multiplicities count: two small red circles need two mentions of "small red circle".
-    A scene without objects counts as fully named (1.0).
-    """
-    if not objects:
-        return 1.0
-    words = caption_words(caption)
-    mentioned = collections.Counter(" ".join(words[i : i + 3]) for i in range(len(words) - 2))
-    needed = collections.Counter(item.label for item in objects)
-    named = sum(min(count, mentioned[label]) for label, count in needed.items())
-    return named / len(objects)
 
 
 # --- layout ---------------------------------------------------------------------------------

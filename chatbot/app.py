@@ -18,7 +18,6 @@ last exchange) are the chat's own buttons on the last reply.
 
 from __future__ import annotations
 
-import argparse
 import io
 import random
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from shared import serving
 from shared.plots import attention_heatmap
 
 EXPORT_NAME = "chatbot"
+ENDPOINT = "reply"
 TRAIN_MODULE = "training.train_chatbot"
 DEFAULT_RUN_DIR = "runs/chatbot"
 MODES = ("greedy", "beam search", "sampling")
@@ -130,21 +130,11 @@ def last_user_message(history: list[dict]) -> int | None:
     return None
 
 
-def reply_endpoint(model):
-    """The `reply` function of a loaded SavedModel; ValueError when it has none."""
-    endpoint = getattr(model, "reply", None)
-    if endpoint is None:
-        endpoint = getattr(model, "signatures", {}).get("reply")
-    if endpoint is None:
-        raise ValueError("the SavedModel has no `reply` endpoint; is it a chatbot export?")
-    return endpoint
-
-
 def run_reply(model, message: str, decoding: Decoding) -> Reply:
     """Calls the export's `reply` endpoint on one message."""
     import tensorflow as tf
 
-    outputs = reply_endpoint(model)(
+    outputs = serving.find_endpoint(model, ENDPOINT, EXPORT_NAME)(
         text=tf.constant([message]),
         beam_size=tf.constant(decoding.beam_size, tf.int32),
         temperature=tf.constant(decoding.temperature, tf.float32),
@@ -182,20 +172,8 @@ def build_app(
 
     `delete_cache` is `(check every, delete after)` in seconds for the heatmap pictures.
     """
-    model, problem, context_turns = None, None, 1
-    version_dir = serving.find_export(run_dir, EXPORT_NAME)
-    if version_dir is None:
-        problem = serving.no_model_problem(run_dir, EXPORT_NAME, TRAIN_MODULE)
-    else:
-        try:
-            loaded = serving.load_export(version_dir)
-            model, context_turns = loaded.model, context_turns_of(loaded.metadata)
-            reply_endpoint(model)
-        except Exception as error:  # any failure to load is reported on the page instead
-            model = None
-            problem = serving.load_failed_problem(version_dir, error, EXPORT_NAME, TRAIN_MODULE)
-    if problem:
-        print(problem.log, flush=True)
+    served = serving.open_export(run_dir, EXPORT_NAME, TRAIN_MODULE, ENDPOINT, context_turns_of)
+    model, context_turns, problem = served.model, served.settings, served.problem
 
     def answer(history, message, settings) -> Reply:
         """The model's reply to `message` after the conversation `history`; gr.Error if none."""
@@ -263,10 +241,7 @@ def build_app(
             "your message again and ↶ takes it back. The heatmap shows, for the last reply, how "
             f"much each reply word (rows) attended to each word the model read (columns): {read}."
         )
-        if problem:
-            gr.Markdown(f"**{problem.page}**", elem_id="problem")
-        elif version_dir is not None:  # the version only: the folder is the server's business
-            gr.Markdown(f"Model: {EXPORT_NAME} version {version_dir.name}", elem_id="model")
+        served.show_notice()
         with gr.Row():
             with gr.Column(scale=3):
                 chat = gr.Chatbot(label="Conversation", height=360, elem_id="conversation")
@@ -304,12 +279,7 @@ def build_app(
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="the training run to serve")
-    serving.add_launch_arguments(parser)
-    args = parser.parse_args(argv)
-    settings = serving.prepare_launch(parser, args)
-    serving.serve_forever(build_app(args.run_dir, settings.delete_cache), settings)
+    serving.serve_run_dir(__doc__.split("\n\n")[0], DEFAULT_RUN_DIR, build_app, argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Where the chatbot's (prompt, reply) training pairs come from.
 
 Every source ends up as the same thing: a plain Python list of `Pair` records. Keeping the
-data layer free of tokenisation and tensors makes it easy to inspect, test and split; only
-`pairs_to_dataset` at the very end turns a list into a `tf.data.Dataset`.
+data layer free of tokenisation and tensors makes it easy to inspect, test and split; the
+training pipeline turns a list into a `tf.data.Dataset`.
 
 Sources:
 - the ChatterBot corpus shipped in the `chatterbot_corpus` PyPI package (YAML, many languages),
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import chatterbot_corpus
-import tensorflow as tf
 import yaml
 
 from chatbot.turns import context_prompt
@@ -193,17 +192,6 @@ def load_chatterbot(
     for topic in sorted(topics):
         pairs += _read_chatterbot_yaml(root / language / f"{topic}.yml", context_turns, problems)
     problems.log_summary(f"the ChatterBot corpus ({language})")
-    return pairs
-
-
-def load_chatterbot_yaml(
-    path: str | Path, context_turns: int = 1, on_error: str = "raise"
-) -> list[Pair]:
-    """Pairs from one ChatterBot-format YAML file (a `conversations:` list of lists)."""
-    _check_context_turns(context_turns)
-    problems = _Problems(on_error)
-    pairs = _read_chatterbot_yaml(Path(path), context_turns, problems)
-    problems.log_summary(str(path))
     return pairs
 
 
@@ -493,7 +481,7 @@ def synthetic_pairs(
 
 
 # ----------------------------------------------------------------------------------------------
-# Splitting, grouping, tf.data
+# Splitting and grouping
 
 
 def split_pairs(
@@ -554,13 +542,6 @@ def unique_pairs(pairs: list[Pair]) -> list[Pair]:
             seen.add((pair.prompt, pair.reply))
             unique.append(pair)
     return unique
-
-
-def pairs_to_dataset(pairs: list[Pair]) -> tf.data.Dataset:
-    """A dataset of (prompt, reply) `tf.string` scalars, in list order; no tokenisation."""
-    prompts = tf.constant([pair.prompt for pair in pairs], dtype=tf.string)
-    replies = tf.constant([pair.reply for pair in pairs], dtype=tf.string)
-    return tf.data.Dataset.from_tensor_slices((prompts, replies))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -152,31 +152,26 @@ class Seq2Seq(keras.Model):
 
     def call(self, inputs, training=False):
         memory, mask = self.encoder(inputs["source"], training=training)
-        logits, _ = self.decoder(inputs["decoder_inputs"], memory, mask, training=training)
+        # XLA needs static shapes: compiled with `jit_compile`, every row runs every step.
+        packed = not self.jit_compile
+        logits, _ = self.decoder(
+            inputs["decoder_inputs"], memory, mask, training=training, packed=packed
+        )
         return logits
 
     # === Replying, in the graph ===
 
-    def reply_ids(
-        self, source_ids, beam_size=1, alpha=0.0, temperature=0.0, top_k=0, top_p=1.0, seed=0
-    ):
-        """Source ids `(batch, S)` -> `shared.search.SearchResult`."""
+    def reply_ids(self, source_ids, **search_settings):
+        """Source ids `(batch, S)` -> `shared.search.SearchResult`. `search_settings`:
+        `shared.search.search`'s (`beam_size`, `alpha`, `temperature`, `top_k`, `top_p`,
+        `seed`); greedy search without them."""
         if not self.built:  # build every layer before the search loop calls it
             self.build({"source": (None, None), "decoder_inputs": (None, None)})
         memory, mask = self.encoder(source_ids, training=False)
         memory_context = self.decoder.prepare_memory(memory, mask)
         state = self.decoder.initial_state(memory_context)
         return search(
-            self.decoder.step,
-            state,
-            memory_context,
-            self.max_target_length,
-            beam_size=beam_size,
-            alpha=alpha,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
+            self.decoder.step, state, memory_context, self.max_target_length, **search_settings
         )
 
     def reply_texts(self, texts, **search_settings):

@@ -20,7 +20,8 @@ training) and `step` (one token, for search). `prepare_memory` computes the atte
 per input; both entry points reuse them at every step. `call` also multiplies every step's
 token by the first cell's kernel before its loop, in one product (`shared.recurrent`), and skips
 the padding of a batch of mixed lengths: each step runs only on the rows still going (packed
-sequences), and the vocabulary projection only at real positions.
+sequences), and the vocabulary projection only at real positions. XLA (`jit_compile`) needs
+static shapes, so a caller compiling with it passes `packed=False`: every row runs every step.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ class AttentionDecoder(keras.layers.Layer):
         memory_mask: optional boolean `(batch_size, S)`, False at padding.
         initial_state: optional, in the structure of `initial_state()`.
         training: Python bool, enables dropout.
+        packed: Python bool. True: each row stops at its last real token (packed sequences)
+            and padding positions get logits of zero. False: every row runs every step, for
+            XLA (`jit_compile`), which needs static shapes; real positions get the same
+            outputs either way. A model compiled with `jit_compile=True` passes False.
 
     Output:
         `(logits, weights)`: logits `(batch_size, T, vocabulary_size)` and attention weights
@@ -309,15 +314,15 @@ class AttentionDecoder(keras.layers.Layer):
 
     # === All steps (teacher forcing) ===
 
-    def call(self, targets, memory, memory_mask=None, initial_state=None, training=False):
+    def call(
+        self, targets, memory, memory_mask=None, initial_state=None, training=False, packed=True
+    ):
         memory_context = self.prepare_memory(memory, memory_mask)
         if initial_state is None:
             initial_state = self.initial_state(memory_context)
         embedded = self.input_dropout(self.embedding(targets), training=training)
         token_parts = self._project_tokens(embedded)  # every step's, in one product
         real = ops.not_equal(targets, 0)
-        # XLA needs static shapes, so under `jit_compile` every row runs to the end instead.
-        packed = not _compiling_with_xla()
         lengths = ops.sum(ops.cast(real, "int32"), axis=1) if packed else None
         features, weights, _ = self._scan(token_parts, lengths, initial_state, memory_context)
         features = self.output_dropout(features, training=training)
@@ -347,11 +352,8 @@ class AttentionDecoder(keras.layers.Layer):
         every row to the end, since the extra steps only ever feed padding positions.
         `lengths=None`: every row runs every step (for XLA).
 
-        Every placement runs `_step_features` once per step, except Luong without input
-        feeding: there attention reads only the new state h_t, so the cells run over all steps
-        first and attention for every step is one batched product (0.99–1.04× of attention
-        inside the loop when timed in turns, benchmarks/README.md; `test_decoder.py` checks it
-        against `step`). The output projection is applied afterwards to all steps at once.
+        Every placement runs `_step_features` once per step; the output projection is applied
+        afterwards to all steps at once.
         """
         steps = tf.shape(token_parts)[1]
         active = order = None
@@ -362,52 +364,31 @@ class AttentionDecoder(keras.layers.Layer):
             )
             active = tf.reduce_sum(tf.cast(lengths[None, :] > tf.range(steps)[:, None], "int32"), 1)
         extra_kernel = self._extra_kernel()
-        if self.placement == "luong" and not self.input_feeding:
-            outputs, _, state = self._over_time(
-                self._cells_step, token_parts, active, state, with_weights=False
-            )
-            context, weights = self.attention(
-                outputs,
-                memory_context["memory"],
-                keys=memory_context["keys"],
-                memory_mask=memory_context["mask"],
-            )
-            features = self.attentional(ops.concatenate([context, outputs], axis=-1))
-            if lengths is not None:  # zero weights after the end, as in the stepwise loop
-                ongoing = tf.range(steps)[None, :] < lengths[:, None]
-                weights = weights * tf.cast(ongoing, weights.dtype)[:, :, None]
-        else:
-            features, weights, state = self._over_time(
-                lambda x, state, n: self._step_features(
-                    x, state, _first(memory_context, n), extra_kernel
-                ),
-                token_parts,
-                active,
-                state,
-            )
+        features, weights, state = self._over_time(
+            lambda x, state, n: self._step_features(
+                x, state, _first(memory_context, n), extra_kernel
+            ),
+            token_parts,
+            active,
+            state,
+        )
         if order is None:
             return features, weights, state
         back = tf.argsort(order)  # the inverse permutation: the caller's row order
         return tf.nest.map_structure(lambda x: tf.gather(x, back), (features, weights, state))
 
-    def _cells_step(self, token_part, state, n):
-        output, cells = self._run_cells(token_part, state["cells"])
-        return output, None, {"cells": cells}
-
-    def _over_time(self, step, inputs, active, state, with_weights=True):
+    def _over_time(self, step, inputs, active, state):
         """Runs `step(inputs_t, state, n) -> (features, weights, state)` for every t of `inputs`
         `(batch, T, …)` inside the graph (a `tf.while_loop`), on the first `n = active[t]` rows
         of `inputs_t` and `state`; the other rows keep their state and get zero outputs.
         `active=None`: every row, every step (`n` is None).
 
-        Returns the features `(batch, T, F)`, the weights `(batch, T, S)` (None without
-        `with_weights`, for steps that give none) and the last state.
+        Returns the features `(batch, T, F)`, the weights `(batch, T, S)` and the last state.
         """
         steps, batch = tf.shape(inputs)[1], tf.shape(inputs)[0]
         inputs_by_time = tf.TensorArray(inputs.dtype, size=steps)
         inputs_by_time = inputs_by_time.unstack(tf.transpose(inputs, [1, 0, 2]))
-        kept = 2 if with_weights else 1  # features, and weights
-        outputs_by_time = [tf.TensorArray(self.compute_dtype, size=steps) for _ in range(kept)]
+        outputs_by_time = [tf.TensorArray(self.compute_dtype, size=steps) for _ in range(2)]
 
         def body(t, state, outputs_by_time):
             inputs_t = inputs_by_time.read(t)
@@ -420,10 +401,10 @@ class AttentionDecoder(keras.layers.Layer):
                 n = active[t]
                 *outputs, new_state = step(_first(inputs_t, n), _first(state, n), n)
                 state = tf.nest.map_structure(_with_first, new_state, state)
-                outputs = [tf.pad(out, [[0, batch - n], [0, 0]]) for out in outputs[:kept]]
+                outputs = [tf.pad(out, [[0, batch - n], [0, 0]]) for out in outputs]
             outputs_by_time = [
                 array.write(t, tf.cast(output, self.compute_dtype))
-                for array, output in zip(outputs_by_time, outputs[:kept])
+                for array, output in zip(outputs_by_time, outputs)
             ]
             return t + 1, state, outputs_by_time
 
@@ -438,7 +419,8 @@ class AttentionDecoder(keras.layers.Layer):
             # A TensorArray of a dynamic size stacks to an unknown number of steps; the steps
             # are those of `inputs`, so symbolic calls (keras.Input) and traced graphs keep T.
             output.set_shape(inputs.shape[:2] + (None,))
-        return outputs[0], outputs[1] if with_weights else None, state
+        features, weights = outputs
+        return features, weights, state
 
     def get_config(self):
         return {
@@ -454,13 +436,6 @@ class AttentionDecoder(keras.layers.Layer):
             "input_feeding": self.input_feeding,
             "attention_units": self.attention_units,
         }
-
-
-def _compiling_with_xla() -> bool:
-    """True while a `tf.function(jit_compile=True)` (Keras `jit_compile`) is being traced."""
-    from tensorflow.python.ops import control_flow_util  # no public equivalent
-
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def _first(structure, n):

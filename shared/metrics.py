@@ -101,35 +101,51 @@ class MaskedCrossEntropy(keras.losses.Loss):
         return {"label_smoothing": self.label_smoothing, "name": self.name}
 
 
-@keras.saving.register_keras_serializable(package="glimpse")
-class MaskedAccuracy(keras.metrics.Metric):
-    """Fraction of non-padding positions where `argmax(logits) == label`, across batches."""
+class _MeanOverTokens(keras.metrics.Metric):
+    """The mean of a per-token quantity over the real tokens of every batch seen (0 before any).
 
-    def __init__(self, name: str = "masked_accuracy", dtype: str = "float32"):
+    Subclasses say what the quantity is (`per_token`); sample weights weigh each token.
+    """
+
+    def __init__(self, name: str, dtype: str):
         super().__init__(name=name, dtype=dtype)
-        self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def per_token(self, y_true, y_pred):
+        """The quantity at every position, float32 `(batch, time)`."""
+        raise NotImplementedError
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         """y_true `(batch, time)` ints; y_pred `(batch, time, vocab)` logits."""
         weights = _token_weights(y_true, sample_weight)
-        predicted = ops.argmax(ops.cast(y_pred, "float32"), axis=-1)
-        hits = ops.cast(
-            ops.equal(ops.cast(predicted, "int32"), ops.cast(y_true, "int32")), "float32"
-        )
-        self.correct.assign_add(ops.sum(hits * weights))
+        self.total.assign_add(ops.sum(self.per_token(y_true, y_pred) * weights))
         self.count.assign_add(ops.sum(weights))
 
     def result(self):
-        return ops.divide_no_nan(self.correct, self.count)
+        return ops.divide_no_nan(self.total, self.count)
 
     def reset_state(self):
-        self.correct.assign(0.0)
+        self.total.assign(0.0)
         self.count.assign(0.0)
 
 
 @keras.saving.register_keras_serializable(package="glimpse")
-class Perplexity(keras.metrics.Metric):
+class MaskedAccuracy(_MeanOverTokens):
+    """Fraction of non-padding positions where `argmax(logits) == label`, across batches."""
+
+    def __init__(self, name: str = "masked_accuracy", dtype: str = "float32"):
+        super().__init__(name=name, dtype=dtype)
+
+    def per_token(self, y_true, y_pred):
+        predicted = ops.argmax(ops.cast(y_pred, "float32"), axis=-1)
+        return ops.cast(
+            ops.equal(ops.cast(predicted, "int32"), ops.cast(y_true, "int32")), "float32"
+        )
+
+
+@keras.saving.register_keras_serializable(package="glimpse")
+class Perplexity(_MeanOverTokens):
     """`exp(total cross-entropy / total real tokens)` over all batches seen (1.0 before any).
 
     Uses plain cross-entropy (no label smoothing), so it stays comparable between runs.
@@ -137,21 +153,12 @@ class Perplexity(keras.metrics.Metric):
 
     def __init__(self, name: str = "perplexity", dtype: str = "float32"):
         super().__init__(name=name, dtype=dtype)
-        self.total_loss = self.add_variable(shape=(), initializer="zeros", name="total_loss")
-        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        """y_true `(batch, time)` ints; y_pred `(batch, time, vocab)` logits."""
-        weights = _token_weights(y_true, sample_weight)
-        self.total_loss.assign_add(ops.sum(token_cross_entropy(y_true, y_pred) * weights))
-        self.count.assign_add(ops.sum(weights))
+    def per_token(self, y_true, y_pred):
+        return token_cross_entropy(y_true, y_pred)
 
     def result(self):
-        return ops.exp(ops.divide_no_nan(self.total_loss, self.count))
-
-    def reset_state(self):
-        self.total_loss.assign(0.0)
-        self.count.assign(0.0)
+        return ops.exp(super().result())
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,7 +38,9 @@ class SearchResult(NamedTuple):
     weights: `(batch, max_length, S)`, the attention of every emitted token over the memory.
     lengths: int32 `(batch,)`, tokens emitted including the end id.
     nbest_tokens, nbest_scores: `(batch, n, max_length)` and `(batch, n)`, every hypothesis in
-        score order (n = beam size; 1 for greedy and sampling).
+        score order (n = beam size; 1 for greedy and sampling). No endpoint exports them: they
+        are kept because they are the only exact check of beam search (every hypothesis, not
+        just the best, against a reference and exhaustive search: test_beam_reference.py).
     """
 
     tokens: tf.Tensor
@@ -86,16 +88,8 @@ def _token_by_token(step_fn, state, memory_context, max_length, choose):
         finished |= chosen == END_ID
         return t + 1, chosen, state, finished, scores, lengths, token_buffer, weight_buffer
 
-    loop_vars = (
-        tf.constant(0),
-        tokens,
-        state,
-        finished,
-        scores,
-        lengths,
-        token_buffer,
-        weight_buffer,
-    )
+    t = tf.constant(0)
+    loop_vars = (t, tokens, state, finished, scores, lengths, token_buffer, weight_buffer)
     t, _, _, _, scores, lengths, token_buffer, weight_buffer = tf.while_loop(
         lambda t, _tokens, _state, finished, *_: (t < max_length) & ~tf.reduce_all(finished),
         body,
@@ -246,27 +240,11 @@ def beam_search(
         )
         lengths = tf.gather(lengths, parent, batch_dims=1) + tf.cast(~was_finished, tf.int32)
         finished = was_finished | (chosen == END_ID)
-        return (
-            t + 1,
-            tf.reshape(chosen, [-1]),
-            state,
-            scores,
-            finished,
-            lengths,
-            token_buffer,
-            weight_buffer,
-        )
+        tokens = tf.reshape(chosen, [-1])
+        return t + 1, tokens, state, scores, finished, lengths, token_buffer, weight_buffer
 
-    loop_vars = (
-        tf.constant(0),
-        tokens,
-        state,
-        scores,
-        finished,
-        lengths,
-        token_buffer,
-        weight_buffer,
-    )
+    t = tf.constant(0)
+    loop_vars = (t, tokens, state, scores, finished, lengths, token_buffer, weight_buffer)
     _, _, _, scores, finished, lengths, token_buffer, weight_buffer = tf.while_loop(
         lambda t, _tokens, _state, _scores, finished, *_: (
             (t < max_length) & ~tf.reduce_all(finished)

@@ -27,6 +27,7 @@ import stat
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,67 @@ def load_failed_problem(
         log=f"The model in {version_dir} could not be loaded ({type(error).__name__}: {error}). "
         f"{again} --run-dir {run_dir} --overwrite`, then start this demo again.",
     )
+
+
+def find_endpoint(model, endpoint: str, name: str):
+    """The `endpoint` function of a loaded `name` SavedModel; ValueError when it has none."""
+    function = getattr(model, endpoint, None)
+    if function is None:
+        function = getattr(model, "signatures", {}).get(endpoint)
+    if function is None:
+        raise ValueError(f"the SavedModel has no `{endpoint}` endpoint; is it a {name} export?")
+    return function
+
+
+@dataclass
+class ServedModel:
+    """What a demo page serves: the newest export of its run directory, or why there is none."""
+
+    name: str  # the export's name, "captioner" or "chatbot"
+    version_dir: Path | None  # None when the run directory holds no export
+    model: Any  # the loaded SavedModel; None when there is a `problem`
+    settings: Any  # what the demo read from the export's metadata
+    problem: Problem | None
+
+    def show_notice(self) -> None:
+        """Adds to the page being built the problem, or the model's version (never its folder:
+        that is the server's business)."""
+        import gradio as gr  # loaded here: importing this module stays cheap
+
+        if self.problem:
+            gr.Markdown(f"**{self.problem.page}**", elem_id="problem")
+        elif self.version_dir is not None:
+            gr.Markdown(f"Model: {self.name} version {self.version_dir.name}", elem_id="model")
+
+
+def open_export(
+    run_dir: str | os.PathLike,
+    name: str,
+    train_module: str,
+    endpoint: str,
+    read_settings: Callable[[dict], Any] = lambda metadata: None,
+) -> ServedModel:
+    """The newest `<run_dir>/export/<name>/` version, loaded, with its `endpoint` checked and
+    `read_settings(metadata)` as its settings.
+
+    Why not just raise: the page should still open and say what to do. So when there is no
+    export, or it cannot be loaded or read, the result holds a `Problem` instead of a model (its
+    `log` text is printed for the operator) and `read_settings({})` as the settings, those of an
+    export whose metadata says nothing.
+    """
+    version_dir = find_export(run_dir, name)
+    if version_dir is None:
+        problem = no_model_problem(run_dir, name, train_module)
+    else:
+        try:
+            loaded = load_export(version_dir)
+            find_endpoint(loaded.model, endpoint, name)
+            settings = read_settings(loaded.metadata)
+            return ServedModel(name, version_dir, loaded.model, settings, None)
+        except Exception as error:  # any failure to load is reported on the page instead
+            problem = load_failed_problem(version_dir, error, name, train_module)
+    print(problem.log, flush=True)
+    return ServedModel(name, version_dir, None, read_settings({}), problem)
 
 
 def as_text(values) -> list[str]:
@@ -408,6 +470,17 @@ def launch(
         enable_monitoring=monitoring,
         **options,
     )
+
+
+def serve_run_dir(description: str, default_run_dir: str, build_app, argv=None) -> None:
+    """The command line of a one-model demo: `--run-dir` and the launch flags, then the page
+    `build_app(run_dir, delete_cache)` served until Ctrl+C."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--run-dir", default=default_run_dir, help="the training run to serve")
+    add_launch_arguments(parser)
+    args = parser.parse_args(argv)
+    settings = prepare_launch(parser, args)
+    serve_forever(build_app(args.run_dir, settings.delete_cache), settings)
 
 
 def serve_forever(demo, settings: LaunchSettings) -> None:

@@ -5,13 +5,14 @@ that rename (so a power cut cannot lose the rename), and no temporary is left be
 """
 
 import dataclasses
-import os
 import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from tests.fsync_events import record_fsyncs_and_renames
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="names open files through /proc/self/fd"
@@ -52,9 +53,9 @@ def write_benchmark(folder):
 
 
 def write_shapes_cache(folder):
-    from captioner.data import load_shapes_scenes
+    from captioner.data import load_shapes
 
-    load_shapes_scenes("test", folder, image_size=32, num_train=1, num_val=1, num_test=2)
+    load_shapes("test", folder, image_size=32, num_train=1, num_val=1, num_test=2)
     return list(folder.rglob("*.npz"))
 
 
@@ -85,19 +86,7 @@ WRITERS = [
 def test_each_writer_renames_a_fsynced_temporary_and_fsyncs_the_folder(
     writer, tmp_path, monkeypatch
 ):
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(descriptor):
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
-        real_fsync(descriptor)
-
-    def replace(source, destination):
-        events.append(("replace", os.fspath(source), os.fspath(destination)))
-        real_replace(source, destination)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
+    events = record_fsyncs_and_renames(monkeypatch, "replace")
     targets = writer(tmp_path)
 
     assert targets and all(target.is_file() for target in targets)

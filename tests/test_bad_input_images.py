@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
 from captioner import app
 from captioner.data import load_coco_json, load_flickr8k
-from tests.captioner.test_app import serve, write_fake_captioner
+from tests.captioner.test_app import write_fake_captioner
+from tests.demo_helpers import page_client
 from tests.fixtures_bad_input import (
     BOMB_SIDE,
     IMAGE_CASE_NAMES,
@@ -218,14 +219,8 @@ def test_endpoint_refuses_a_decompression_bomb_in_bounded_memory(bomb_results):
 def demo_client(tmp_path_factory):
     """The demo serving the fake captioner of tests/captioner/test_app.py ("a red image")."""
     run_dir = tmp_path_factory.mktemp("runs") / "captioner"
-    write_fake_captioner(run_dir)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        demo = app.build_app(run_dir)
-        try:
-            yield Client(serve(demo), verbose=False)
-        finally:
-            demo.close()
+    with page_client(app.build_app, run_dir, write_fake_captioner) as client:
+        yield client
 
 
 def check_demo_answer(answer, expected_caption: str) -> None:

@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from chatbot import app as chat_app
 from shared.text import PAD_ID, UNK, TextVectorizer, Vocabulary
-from tests.chatbot.test_app import GREEDY, SAMPLING, serve, texts, write_fake_chatbot
+from tests.chatbot.test_app import GREEDY, REPLY_INPUTS, SAMPLING, texts, write_fake_chatbot
+from tests.demo_helpers import page_client
 from tests.fixtures_bad_input import TEXT_CASES, image_cases, is_utf8
+from tests.serving_helpers import call_reply
 from tests.training.helpers import error_lines, run_cli, run_module
 from training import train_captioner, train_chatbot
 
@@ -46,15 +47,7 @@ CONTROL_CHARACTERS = [chr(c) for c in (*range(0x20), 0x7F, 0x200B, 0x202C, 0x202
 
 
 def reply(model, messages: list[str], decoding: str = "greedy") -> dict:
-    beam_size, temperature, top_k, top_p, seed = DECODINGS[decoding]
-    return model.reply(
-        text=tf.constant(messages, tf.string),
-        beam_size=tf.constant(beam_size, tf.int32),
-        temperature=tf.constant(temperature, tf.float32),
-        top_k=tf.constant(top_k, tf.int32),
-        top_p=tf.constant(top_p, tf.float32),
-        seed=tf.constant(seed, tf.int32),
-    )
+    return call_reply(model, messages, *DECODINGS[decoding])
 
 
 def check_well_formed_replies(outputs: dict, batch: int, config) -> None:
@@ -109,6 +102,14 @@ def test_endpoint_replies_to_bytes_that_are_not_utf8(chatbot_model, chatbot_expo
     check_well_formed_replies(outputs, 2, chatbot_export.config)
 
 
+def test_the_chat_demo_fake_takes_what_the_endpoint_takes(chatbot_model):
+    """The chat demo's tests serve a fake (tests/chatbot/test_app.py) in place of a trained
+    chatbot: they say something about the real demo only if its `reply` takes the same inputs."""
+    _, inputs = chatbot_model.signatures["reply"].structured_input_signature
+    real = {name: (spec.shape.as_list(), spec.dtype) for name, spec in inputs.items()}
+    assert real == REPLY_INPUTS
+
+
 # ----------------------------------------------------------------------------------------------
 # The chat demo, through gradio_client (serving the echoing fake of tests/chatbot/test_app.py)
 
@@ -116,14 +117,8 @@ def test_endpoint_replies_to_bytes_that_are_not_utf8(chatbot_model, chatbot_expo
 @pytest.fixture(scope="module")
 def chat_client(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "chatbot"
-    write_fake_chatbot(run_dir)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        demo = chat_app.build_app(run_dir)
-        try:
-            yield Client(serve(demo), verbose=False)
-        finally:
-            demo.close()
+    with page_client(chat_app.build_app, run_dir, write_fake_chatbot) as client:
+        yield client
 
 
 @pytest.mark.parametrize("settings", [GREEDY, SAMPLING], ids=["greedy", "sampling"])

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from shared.text import PAD_ID, TextVectorizer, Vocabulary
 from tests.fixtures_bad_input import encode, is_utf8, noise_picture
+from tests.serving_helpers import call_reply
 from tests.test_bad_input_images import CLEAR_DECODE_ERROR, check_well_formed_captions
 from tests.test_bad_input_text import check_well_formed_replies
 
@@ -97,14 +98,7 @@ def test_reply_endpoint_answers_any_text_and_settings(
     chatbot_model, chatbot_export, texts, beam_size, temperature, top_k, top_p, seed
 ):
     try:
-        outputs = chatbot_model.reply(
-            text=tf.constant(texts, tf.string),
-            beam_size=tf.constant(beam_size, tf.int32),
-            temperature=tf.constant(temperature, tf.float32),
-            top_k=tf.constant(top_k, tf.int32),
-            top_p=tf.constant(top_p, tf.float32),
-            seed=tf.constant(seed, tf.int32),
-        )
+        outputs = call_reply(chatbot_model, texts, beam_size, temperature, top_k, top_p, seed)
     except tf.errors.InvalidArgumentError as error:
         assert (error.message or str(error)).strip(), "an InvalidArgumentError without a message"
         return

@@ -16,18 +16,16 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import keras
 import tensorflow as tf
 
 from captioner import data as caption_data
 from captioner import splits as caption_splits
 from captioner.model import Captioner
 from shared.export import MAX_SERVING_BATCH, write_savedmodel
-from shared.metrics import MaskedAccuracy, MaskedCrossEntropy
 from shared.text import Vocabulary
 from training import batching
 from training.captioner_config import CaptionerConfig
-from training.common import UserError
+from training.common import UserError, compile_for_training
 
 EXPORT_NAME = "captioner"
 SPLITS = ("train", "validation", "test")
@@ -305,12 +303,7 @@ def build_model(config: CaptionerConfig, vocabulary: Vocabulary) -> Captioner:
         decoder=config.decoder_settings(),
         name="captioner",
     )
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0),
-        loss=MaskedCrossEntropy(),
-        metrics=[MaskedAccuracy()],
-        jit_compile=config.jit_compile,
-    )
+    compile_for_training(model, config)
     return model
 
 

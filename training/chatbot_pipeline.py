@@ -11,18 +11,16 @@ Training, evaluation, experiments and benchmarks all build a chatbot from these 
 
 from __future__ import annotations
 
-import keras
 import tensorflow as tf
 
 from chatbot.data import Pair, load_pairs, split_pairs, unique_pairs
 from chatbot.model import Seq2Seq
 from chatbot.turns import TURN_JOINER
 from shared.export import MAX_SERVING_BATCH, write_savedmodel
-from shared.metrics import MaskedAccuracy, MaskedCrossEntropy
 from shared.text import Vocabulary
 from training import batching
 from training.chatbot_config import ChatbotConfig
-from training.common import UserError
+from training.common import UserError, compile_for_training
 
 EXPORT_NAME = "chatbot"
 VALIDATION_FRACTION = 0.05
@@ -74,12 +72,7 @@ def build_model(config: ChatbotConfig, source: Vocabulary, target: Vocabulary) -
         decoder=config.decoder_settings(),
         name="chatbot",
     )
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0),
-        loss=MaskedCrossEntropy(),
-        metrics=[MaskedAccuracy()],
-        jit_compile=config.jit_compile,
-    )
+    compile_for_training(model, config)
     return model
 
 

@@ -32,6 +32,7 @@ import tensorflow as tf
 from shared import config as config_io
 from shared import files
 from shared.export import latest_version
+from shared.metrics import MaskedAccuracy, MaskedCrossEntropy
 from shared.text import Vocabulary
 from training import distribute
 
@@ -244,6 +245,28 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         self.best = float(current)
         with files.atomic_path(self.path) as partial:
             self.model.save(partial)
+
+
+def compile_for_training(model: keras.Model, config) -> None:
+    """How both applications train: Adam with gradients clipped to norm 5, the masked
+    cross-entropy and accuracy (padding counts for nothing), and XLA if `config.jit_compile`.
+
+    Keras compiles a model with XLA only if every layer supports it, and our models hold
+    `StringLookup` layers for their in-graph text (used when serving, not in the training
+    step); Keras then warns and trains without XLA. The run stops instead of doing silently
+    less than asked.
+    """
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0),
+        loss=MaskedCrossEntropy(),
+        metrics=[MaskedAccuracy()],
+        jit_compile=config.jit_compile,
+    )
+    if config.jit_compile and not model.jit_compile:
+        raise UserError(
+            "--jit-compile true: Keras cannot compile this model's training step with XLA (its "
+            "text lookup layers do not support XLA); train without --jit-compile."
+        )
 
 
 def write_json(path: Path, data) -> None:

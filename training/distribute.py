@@ -46,11 +46,11 @@ import tensorflow as tf
 STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
 
 # Auto-shard policies, named for the trainers. DATA: every worker reads everything and keeps
-# its share of each global batch. FILE: each worker reads its own files (needs at least as
-# many files as workers, and a file-reading source such as TFRecordDataset).
+# its share of each global batch. AUTO: each worker reads its own files when the source can be
+# split that way (at least as many files as workers, read by a source such as
+# TFRecordDataset), else DATA.
 DATA = tf.data.experimental.AutoShardPolicy.DATA
-FILE = tf.data.experimental.AutoShardPolicy.FILE
-AUTO = tf.data.experimental.AutoShardPolicy.AUTO  # FILE if the source can be split, else DATA
+AUTO = tf.data.experimental.AutoShardPolicy.AUTO
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,8 +227,8 @@ def _worker_temp_root(run_dir: Path, strategy) -> Path:
 def shard(dataset: tf.data.Dataset, policy: tf.data.experimental.AutoShardPolicy):
     """`dataset` with the auto-shard policy that `tf.distribute` applies across workers.
 
-    The default, AUTO, tries FILE and silently falls back to DATA; the trainers choose.
-    Within a worker, `tf.distribute` splits every global batch across its replicas.
+    The default, AUTO, tries sharding by file and silently falls back to DATA; the trainers
+    choose. Within a worker, `tf.distribute` splits every global batch across its replicas.
     """
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = policy

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -30,6 +31,8 @@ class Recipe(abc.ABC):
 
     config_class: type[RunSettings]
     export_name: str  # the export is written to <run_dir>/export/<export_name>/<version>/
+    # export(model, run_dir, config) -> the version folder it wrote (the pipeline's `export`).
+    export: Callable[[keras.Model, Path, RunSettings], Path]
 
     @abc.abstractmethod
     def load_data(self, config, evaluate: bool):
@@ -59,10 +62,6 @@ class Recipe(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, model: keras.Model, config, run_dir: Path, data) -> dict:
         """Writes metrics.json and samples/; returns the metrics."""
-
-    @abc.abstractmethod
-    def export(self, model: keras.Model, run_dir: Path, config) -> Path:
-        """Writes the SavedModel; returns its version folder."""
 
 
 def train(recipe: Recipe, config, overwrite: bool = False, evaluate: bool = True) -> dict:

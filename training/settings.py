@@ -64,8 +64,8 @@ class RunSettings:
     )
     jit_compile: bool = setting(
         False,
-        "compile each training step with XLA (compiles once per batch shape; whether it is "
-        "faster depends on the machine: benchmarks/README.md has measurements)",
+        "compile each training step with XLA; Keras refuses it for these models (their text "
+        "lookup layers), so true stops the run with an error until that changes",
         section="Training",
     )
     precision: str = setting(

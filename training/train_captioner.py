@@ -16,6 +16,7 @@ evaluate on the test split (`training.evaluate_captioner`); export the SavedMode
 
 from __future__ import annotations
 
+import functools
 import json
 import zlib
 from pathlib import Path
@@ -51,6 +52,7 @@ class CaptionerRecipe(run.Recipe):
 
     config_class = CaptionerConfig
     export_name = EXPORT_NAME
+    export = staticmethod(pipeline.export)
 
     def load_data(self, config: CaptionerConfig, evaluate: bool) -> pipeline.DataSplits:
         data = pipeline.load_splits(config)
@@ -114,13 +116,9 @@ class CaptionerRecipe(run.Recipe):
     def evaluate(self, model, config: CaptionerConfig, run_dir, data: pipeline.DataSplits):
         return evaluate_captioner.evaluate(model, config, run_dir, data.dataset("test"))
 
-    def export(self, model, run_dir, config: CaptionerConfig):
-        return pipeline.export(model, run_dir, config)
 
-
-def train(config: CaptionerConfig, overwrite: bool = False, evaluate: bool = True) -> dict:
-    """The whole run (`training.run.train`); returns the evaluation metrics."""
-    return run.train(CaptionerRecipe(), config, overwrite, evaluate)
+# train(config, overwrite=False, evaluate=True) -> metrics: the whole run, as `training.run.train`.
+train = functools.partial(run.train, CaptionerRecipe())
 
 
 def main(argv=None) -> None:

@@ -15,6 +15,8 @@ resumes); evaluate (`training.evaluate_chatbot`); export the SavedModel to
 
 from __future__ import annotations
 
+import functools
+
 from training import chatbot_pipeline as pipeline
 from training import distribute, evaluate_chatbot, run
 from training.chatbot_config import ChatbotConfig
@@ -28,6 +30,7 @@ class ChatbotRecipe(run.Recipe):
 
     config_class = ChatbotConfig
     export_name = EXPORT_NAME
+    export = staticmethod(pipeline.export)
 
     def load_data(self, config: ChatbotConfig, evaluate: bool):
         train_pairs, val_pairs, test_pairs = pipeline.load_splits(config)
@@ -68,13 +71,9 @@ class ChatbotRecipe(run.Recipe):
         train_pairs, _, test_pairs = data
         return evaluate_chatbot.evaluate(model, config, run_dir, train_pairs, test_pairs)
 
-    def export(self, model, run_dir, config: ChatbotConfig):
-        return pipeline.export(model, run_dir, config)
 
-
-def train(config: ChatbotConfig, overwrite: bool = False, evaluate: bool = True) -> dict:
-    """The whole run (`training.run.train`); returns the evaluation metrics."""
-    return run.train(ChatbotRecipe(), config, overwrite, evaluate)
+# train(config, overwrite=False, evaluate=True) -> metrics: the whole run, as `training.run.train`.
+train = functools.partial(run.train, ChatbotRecipe())
 
 
 def main(argv=None) -> None:

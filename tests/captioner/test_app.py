@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 from captioner import app
-from shared import serving
 from shared.export import METADATA_FILE
+from tests.demo_helpers import free_port as free_port  # other test modules import it from here
+from tests.demo_helpers import page_client, shown
+from tests.demo_helpers import serve as serve  # other test modules import it from here
 
 GRID = 4  # the fake model's regions form a GRID x GRID grid
 FAKE_SIZE = 64  # the fake model resizes every picture to this square
@@ -88,20 +89,6 @@ def bright_square_picture(path: Path) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def serve(demo):
-    """Launches `demo` on a free local port; returns its URL."""
-    _, url, _ = serving.launch(
-        demo, port=free_port(), prevent_thread_lock=True, quiet=True, show_error=False
-    )
-    return url
-
-
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
@@ -111,13 +98,8 @@ def runs_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(runs_dir):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        demo = app.build_app(runs_dir / "captioner")
-        try:
-            yield Client(serve(demo), verbose=False)
-        finally:
-            demo.close()
+    with page_client(app.build_app, runs_dir / "captioner") as client:
+        yield client
 
 
 def redness_by_cell(path: str) -> np.ndarray:
@@ -165,70 +147,8 @@ def test_corrupt_upload_is_a_clear_error(client, tmp_path):
         client.predict(handle_file(path), 3, api_name="/caption")
 
 
-def page_without_model(run_dir: Path, tmp_path: Path) -> tuple[dict, str, list[str]]:
-    """Serves the page for `run_dir` (which has no usable model) and asks it for a caption:
-    -> (the page's config, the error the request got, the page's `problem` notices)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        demo = app.build_app(run_dir)
-        try:
-            no_model_client = Client(serve(demo), verbose=False)
-            page_config = no_model_client.config
-            with pytest.raises(AppError) as refused:
-                no_model_client.predict(
-                    handle_file(bright_square_picture(tmp_path / "p.png")), 3, api_name="/caption"
-                )
-        finally:
-            demo.close()
-    notices = [
-        c["props"].get("value", "")
-        for c in page_config["components"]
-        if c.get("props", {}).get("elem_id") == "problem"
-    ]
-    return page_config, str(refused.value), notices
-
-
-def test_no_export_page_says_how_to_train(tmp_path, capsys):
-    run_dir = tmp_path / "runs" / "captioner"
-    page_config, error, notices = page_without_model(run_dir, tmp_path)
-    assert len(notices) == 1
-    assert "No trained captioner model yet" in notices[0]
-    assert "`make demo`" in notices[0] and "`python -m training.train_captioner`" in notices[0]
-    assert "No trained captioner model yet" in error
-    assert str(tmp_path) not in json.dumps(page_config) + error  # no server path on the page
-    log = capsys.readouterr().out  # the operator's console names the folder
-    assert f"No trained captioner model was found in {run_dir / 'export' / 'captioner'}/" in log
-    assert f"python -m training.train_captioner --run-dir {run_dir}" in log
-
-
-def test_broken_export_page_shows_no_path_or_exception_text(tmp_path, capsys):
-    run_dir = tmp_path / "runs" / "captioner"
-    version_dir = run_dir / "export" / "captioner" / "1"
-    version_dir.mkdir(parents=True)
-    (version_dir / "saved_model.pb").write_bytes(b"")  # looks complete, cannot be loaded
-    with pytest.raises(ValueError) as load_error:
-        serving.load_export(version_dir)
-    detail = str(load_error.value)[:60]
-
-    page_config, error, notices = page_without_model(run_dir, tmp_path)
-    assert len(notices) == 1
-    assert "The trained captioner model could not be loaded" in notices[0]
-    assert "python -m training.train_captioner --overwrite" in notices[0]
-    assert "could not be loaded" in error
-    page = json.dumps(page_config) + error
-    assert str(tmp_path) not in page and detail not in page and "ValueError" not in page
-    log = capsys.readouterr().out
-    assert f"The model in {version_dir} could not be loaded (ValueError: {detail}" in log
-    assert f"--run-dir {run_dir} --overwrite" in log
-
-
 def test_page_names_the_model_version_not_its_folder(client, runs_dir):
-    shown = [
-        c["props"].get("value", "")
-        for c in client.config["components"]
-        if c.get("props", {}).get("elem_id") == "model"
-    ]
-    assert shown == ["Model: captioner version 1"]
+    assert shown(client.config, "model") == ["Model: captioner version 1"]
     assert str(runs_dir) not in json.dumps(client.config)
 
 

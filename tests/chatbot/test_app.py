@@ -8,22 +8,32 @@ attends only to the input word it copies, so every answer the page gives is know
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 from chatbot import app
 from shared import serving
 from shared.export import METADATA_FILE
+from tests.demo_helpers import page_client, shown
+from tests.demo_helpers import serve as serve  # other test modules import it from here
 
 FAKE_SOURCE_LENGTH = 8  # input tokens the fake reads; longer messages are cut
 FAKE_MAX_LENGTH = 8
+# The `reply` endpoint's inputs, name -> (shape, dtype), in the order the fake takes them;
+# tests/test_bad_input_text.py checks them against a real export's.
+REPLY_INPUTS = {
+    "text": ([None], tf.string),
+    "beam_size": ([], tf.int32),
+    "temperature": ([], tf.float32),
+    "top_k": ([], tf.int32),
+    "top_p": ([], tf.float32),
+    "seed": ([], tf.int32),
+}
 GREEDY = ("greedy", 4, 0.8, 0, 0.9, -1)  # mode, beam size, temperature, top-k, top-p, seed
 SAMPLING = ("sampling", 4, 0.8, 5, 0.9, 7)
 
@@ -32,14 +42,7 @@ class FakeChatbot(tf.Module):
     """Same endpoint as a real chatbot export; echoes the message's words reversed."""
 
     @tf.function(
-        input_signature=[
-            tf.TensorSpec([None], tf.string, name="text"),
-            tf.TensorSpec([], tf.int32, name="beam_size"),
-            tf.TensorSpec([], tf.float32, name="temperature"),
-            tf.TensorSpec([], tf.int32, name="top_k"),
-            tf.TensorSpec([], tf.float32, name="top_p"),
-            tf.TensorSpec([], tf.int32, name="seed"),
-        ]
+        input_signature=[tf.TensorSpec(*spec, name=name) for name, spec in REPLY_INPUTS.items()]
     )
     def reply(self, text, beam_size, temperature, top_k, top_p, seed):
         words = tf.strings.split(tf.strings.lower(text))[:, :FAKE_SOURCE_LENGTH]
@@ -73,18 +76,6 @@ def write_fake_chatbot(run_dir: Path) -> Path:
     return version_dir
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def serve(demo):
-    """Launches `demo` on a free local port; returns its URL."""
-    _, url, _ = serving.launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
-    return url
-
-
 def texts(history: list[dict]) -> list[tuple[str, str]]:
     """`(role, text)` of each message, whichever content form the client returns."""
     result = []
@@ -105,13 +96,8 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(run_dir):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        demo = app.build_app(run_dir)
-        try:
-            yield Client(serve(demo), verbose=False)
-        finally:
-            demo.close()
+    with page_client(app.build_app, run_dir) as client:
+        yield client
 
 
 def heatmap_size(path: str) -> tuple[int, int]:
@@ -180,66 +166,8 @@ def test_decoding_for_each_mode():
         app.decoding_for("sampling", 1, 0.5, 0, 1.5, 0)
 
 
-def page_without_model(run_dir: Path) -> tuple[dict, str, list[str]]:
-    """Serves the page for `run_dir` (which has no usable model) and sends it a message:
-    -> (the page's config, the error the message got, the page's `problem` notices)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        demo = app.build_app(run_dir)
-        try:
-            no_model_client = Client(serve(demo), verbose=False)
-            page_config = no_model_client.config
-            with pytest.raises(AppError) as refused:
-                no_model_client.predict("hello", [], *GREEDY, api_name="/chat")
-        finally:
-            demo.close()
-    notices = [
-        c["props"].get("value", "")
-        for c in page_config["components"]
-        if c.get("props", {}).get("elem_id") == "problem"
-    ]
-    return page_config, str(refused.value), notices
-
-
-def test_no_export_page_says_how_to_train(tmp_path, capsys):
-    run_dir = tmp_path / "runs" / "chatbot"
-    page_config, error, notices = page_without_model(run_dir)
-    assert len(notices) == 1
-    assert "No trained chatbot model yet" in notices[0]
-    assert "`python -m training.train_chatbot`" in notices[0] and "No trained chatbot" in error
-    assert str(tmp_path) not in json.dumps(page_config) + error  # no server path on the page
-    log = capsys.readouterr().out  # the operator's console names the folder
-    assert f"No trained chatbot model was found in {run_dir / 'export' / 'chatbot'}/" in log
-    assert f"python -m training.train_chatbot --run-dir {run_dir}" in log
-
-
-def test_broken_export_page_shows_no_path_or_exception_text(tmp_path, capsys):
-    run_dir = tmp_path / "runs" / "chatbot"
-    version_dir = run_dir / "export" / "chatbot" / "1"
-    version_dir.mkdir(parents=True)
-    (version_dir / "saved_model.pb").write_bytes(b"")  # looks complete, cannot be loaded
-    with pytest.raises(ValueError) as load_error:
-        serving.load_export(version_dir)
-    detail = str(load_error.value)[:60]
-
-    page_config, error, notices = page_without_model(run_dir)
-    assert len(notices) == 1
-    assert "The trained chatbot model could not be loaded" in notices[0]
-    assert "python -m training.train_chatbot --overwrite" in notices[0]
-    assert "could not be loaded" in error
-    page = json.dumps(page_config) + error
-    assert str(tmp_path) not in page and detail not in page and "ValueError" not in page
-    log = capsys.readouterr().out
-    assert f"The model in {version_dir} could not be loaded (ValueError: {detail}" in log
-
-
 def test_page_names_the_model_version_not_its_folder(client, run_dir):
-    shown = [
-        c["props"].get("value", "")
-        for c in client.config["components"]
-        if c.get("props", {}).get("elem_id") == "model"
-    ]
-    assert shown == ["Model: chatbot version 1"]
+    assert shown(client.config, "model") == ["Model: chatbot version 1"]
     assert str(run_dir) not in json.dumps(client.config)
 
 
@@ -316,13 +244,8 @@ def context_client(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "chatbot"
     version_dir = write_fake_chatbot(run_dir)
     (version_dir / METADATA_FILE).write_text(json.dumps({"kind": "chatbot", "context_turns": 2}))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        demo = app.build_app(run_dir)
-        try:
-            yield Client(serve(demo), verbose=False)
-        finally:
-            demo.close()
+    with page_client(app.build_app, run_dir) as client:
+        yield client
 
 
 def test_a_multi_turn_model_is_sent_the_last_turns(context_client):

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import tensorflow as tf
 
 from chatbot.data import (
     DataError,
@@ -15,11 +14,9 @@ from chatbot.data import (
     list_languages,
     list_topics,
     load_chatterbot,
-    load_chatterbot_yaml,
     load_cornell,
     load_pairs,
     load_tsv,
-    pairs_to_dataset,
     references_by_prompt,
     split_pairs,
     synthetic_pairs,
@@ -119,9 +116,8 @@ def write_corpus(root: Path, files: dict[str, str | bytes], language: str = "tes
 
 
 def test_yaml_fixture_pairs_keep_written_text(tmp_path):
-    pairs = load_chatterbot_yaml(
-        write_corpus(tmp_path, {"good.yml": GOOD_YAML}) / "testish/good.yml"
-    )
+    root = write_corpus(tmp_path, {"good.yml": GOOD_YAML})
+    pairs = load_chatterbot("testish", on_error="raise", corpus_directory=root)
     assert [(pair.prompt, pair.reply) for pair in pairs] == [
         ("Hello", "Hi there"),
         ("Hi there", "How are you?"),
@@ -330,8 +326,10 @@ def test_missing_inputs_say_what_is_expected(tmp_path):
         load_tsv(tmp_path / "absent.tsv")
     with pytest.raises(FileNotFoundError, match="movie_lines.txt"):
         load_cornell(tmp_path / "absent")
+    root = write_corpus(tmp_path / "corpus", {})
+    (root / "testish/gone.yml").symlink_to(tmp_path / "absent.yml")  # listed, but no file
     with pytest.raises(FileNotFoundError, match="conversations"):
-        load_chatterbot_yaml(tmp_path / "absent.yml")
+        load_chatterbot("testish", corpus_directory=root)
     with pytest.raises(FileNotFoundError, match="language"):
         list_languages(tmp_path / "absent")
 
@@ -415,7 +413,7 @@ def test_synthetic_arguments_are_checked():
 
 
 # ----------------------------------------------------------------------------------------------
-# Splitting, grouping, tf.data, dispatcher
+# Splitting, grouping, dispatcher
 
 
 def many_replies_pairs() -> list[Pair]:
@@ -450,17 +448,6 @@ def test_references_by_prompt_deduplicates_in_order():
     pairs.append(Pair("bye", "ciao", "d"))
     assert references_by_prompt(pairs) == {"hi": ["hello", "hey"], "bye": ["ciao"]}
     assert unique_pairs(pairs) == [pairs[0], pairs[1], pairs[3]]
-
-
-def test_pairs_to_dataset_yields_string_scalars():
-    pairs = [Pair("héllo", "你好", "a"), Pair("a ␞ b", "c", "b")]
-    dataset = pairs_to_dataset(pairs)
-    assert dataset.element_spec == (
-        tf.TensorSpec(shape=(), dtype=tf.string),
-        tf.TensorSpec(shape=(), dtype=tf.string),
-    )
-    decoded = [(p.numpy().decode(), r.numpy().decode()) for p, r in dataset]
-    assert decoded == [("héllo", "你好"), ("a ␞ b", "c")]
 
 
 def test_load_pairs_dispatches_on_the_source_string(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chatbot.data import load_chatterbot_yaml
+from chatbot.data import load_chatterbot
 from chatbot.turns import context_prompt
 
 SEPARATED = " \u241e "  # the documented format, spelled out: " ␞ "
@@ -34,10 +34,11 @@ def test_context_turns_must_be_a_positive_integer(bad):
 def test_training_prompts_are_what_the_demo_sends(tmp_path):
     """The reply to turn i of a training conversation is learnt from turns[..i], joined."""
     conversation = ["hi", "A", "more", "x"]
-    path = tmp_path / "corpus.yml"
+    (tmp_path / "english").mkdir()
+    path = tmp_path / "english" / "corpus.yml"
     path.write_text("conversations:\n- - " + "\n  - ".join(conversation) + "\n", "utf-8")
 
-    pairs = load_chatterbot_yaml(path, context_turns=2)
+    pairs = load_chatterbot("english", context_turns=2, on_error="raise", corpus_directory=tmp_path)
 
     assert [(pair.prompt, pair.reply) for pair in pairs] == [
         ("hi", "A"),

@@ -13,6 +13,7 @@ from shared.attention import (
     masked_mean,
 )
 from tests.shared import numpy_reference as reference
+from tests.shared.decoder_cases import assert_masked_padding_changes_nothing
 
 BATCH, SOURCE_LEN, QUERY_STEPS = 3, 5, 4
 QUERY_DIM, MEMORY_DIM, UNITS = 6, 7, 4
@@ -71,6 +72,12 @@ def numpy_attention(layer, query, memory, mask):
     return weights @ memory, weights, scores
 
 
+def assert_like_the_reference(context, weights, expected_context, expected_weights):
+    """The layer's weights and context are the NumPy reference's, within TOLERANCE."""
+    np.testing.assert_allclose(weights, expected_weights, **TOLERANCE)
+    np.testing.assert_allclose(context, expected_context, **TOLERANCE)
+
+
 def test_every_score_has_a_test():
     assert set(ATTENTION_SCORES) == {"additive", "dot", "general", "concat"}
 
@@ -92,8 +99,7 @@ def test_attention_matches_numpy_reference(score, query_steps):
         expected_context, expected_weights = expected_context[:, 0], expected_weights[:, 0]
     assert tuple(context.shape) == expected_context.shape
     assert tuple(weights.shape) == expected_weights.shape
-    np.testing.assert_allclose(weights, expected_weights, **TOLERANCE)
-    np.testing.assert_allclose(context, expected_context, **TOLERANCE)
+    assert_like_the_reference(context, weights, expected_context, expected_weights)
 
 
 @pytest.mark.parametrize("score", sorted(ATTENTION_SCORES))
@@ -103,8 +109,7 @@ def test_without_a_mask_every_position_counts(score):
     context, weights = layer(query, memory)
     full_mask = np.ones((BATCH, SOURCE_LEN), bool)
     expected_context, expected_weights, _ = numpy_attention(layer, query, memory, full_mask)
-    np.testing.assert_allclose(weights, expected_weights, **TOLERANCE)
-    np.testing.assert_allclose(context, expected_context, **TOLERANCE)
+    assert_like_the_reference(context, weights, expected_context, expected_weights)
 
 
 @pytest.mark.parametrize("score", sorted(ATTENTION_SCORES))
@@ -135,19 +140,13 @@ def test_a_row_that_is_all_padding_gets_zero_weights(score):
 def test_appending_masked_padding_to_the_memory_changes_nothing(score, query_steps):
     layer = built_layer(score)
     query, memory, mask = random_inputs(score, seed=5, query_steps=query_steps)
-    rng = np.random.default_rng(6)
-    extra = 3
-    padded_memory = np.concatenate(
-        [memory, rng.normal(size=(BATCH, extra, MEMORY_DIM)).astype("float32") * 10], axis=1
-    )
-    padded_mask = np.concatenate([mask, np.zeros((BATCH, extra), bool)], axis=1)
 
-    context, weights = layer(query, memory, memory_mask=mask)
-    padded_context, padded_weights = layer(query, padded_memory, memory_mask=padded_mask)
-    padded_weights = keras.ops.convert_to_numpy(padded_weights)
-    np.testing.assert_allclose(padded_context, context, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(padded_weights[..., :SOURCE_LEN], weights, rtol=1e-6, atol=1e-7)
-    assert np.all(padded_weights[..., SOURCE_LEN:] == 0.0)
+    def attend(memory, mask):
+        return layer(query, memory, memory_mask=mask)
+
+    assert_masked_padding_changes_nothing(
+        attend, memory, mask, extra=3, seed=6, tolerance=(1e-6, 1e-6, 1e-7)
+    )
 
 
 @pytest.mark.parametrize("score", sorted(ATTENTION_SCORES))

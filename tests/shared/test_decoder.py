@@ -6,21 +6,15 @@ import pytest
 import tensorflow as tf
 
 from shared.decoder import AttentionDecoder
+from tests.shared.decoder_cases import (
+    PLACEMENT_IDS,
+    PLACEMENTS,
+    TOLERANCE,
+    assert_masked_padding_changes_nothing,
+)
 
 VOCAB, EMBEDDING_DIM, UNITS, MEMORY_DIM = 13, 6, 8, 8
 BATCH, SOURCE_LEN, STEPS = 3, 5, 4
-TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
-
-# (attention, placement, input_feeding): every way the decoder can read its memory.
-PLACEMENTS = [
-    ("additive", "bahdanau", False),
-    ("concat", "luong", True),
-    ("general", "luong", False),
-    ("none", "init_state", False),
-    ("none", "every_step", False),
-]
-PLACEMENT_IDS = ["bahdanau", "luong-input-feeding", "luong", "init_state", "every_step"]
-
 
 TARGET_LENGTHS = [2, 4, 3]  # not sorted: the decoder sorts rows by length internally
 
@@ -100,10 +94,10 @@ def test_teacher_forcing_equals_step_by_step(attention, placement, input_feeding
 @pytest.mark.parametrize(
     ("attention", "placement", "input_feeding"),
     [("additive", "bahdanau", False), ("general", "luong", False), ("dot", "luong", True)],
-    ids=["bahdanau", "luong-batched", "luong-input-feeding"],
+    ids=["bahdanau", "luong", "luong-input-feeding"],
 )
 def test_teacher_forcing_has_the_step_by_step_gradients(attention, placement, input_feeding):
-    """Training through `call` (one graph loop, or batched Luong attention) matches `step`."""
+    """Training through `call` (one graph loop over packed rows) matches `step`."""
     decoder = make_decoder(attention=attention, placement=placement, input_feeding=input_feeding)
     targets, memory, mask = random_inputs(seed=2)
     projection = tf.constant(np.random.default_rng(3).normal(size=(VOCAB,)).astype("float32"))
@@ -149,18 +143,13 @@ def test_appending_masked_padding_to_the_memory_changes_no_output(
         num_layers=2, attention=attention, placement=placement, input_feeding=input_feeding
     )
     targets, memory, mask = random_inputs(seed=3)
-    extra = 4
-    rng = np.random.default_rng(4)
-    noise = rng.normal(scale=10.0, size=(BATCH, extra, MEMORY_DIM)).astype("float32")
-    padded_memory = np.concatenate([memory, noise], axis=1)
-    padded_mask = np.concatenate([mask, np.zeros((BATCH, extra), bool)], axis=1)
 
-    logits, weights = decoder(targets, memory, memory_mask=mask)
-    padded_logits, padded_weights = decoder(targets, padded_memory, memory_mask=padded_mask)
-    padded_weights = keras.ops.convert_to_numpy(padded_weights)
-    np.testing.assert_allclose(padded_logits, logits, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(padded_weights[..., :SOURCE_LEN], weights, rtol=1e-5, atol=1e-6)
-    assert np.all(padded_weights[..., SOURCE_LEN:] == 0.0)
+    def decode(memory, mask):
+        return decoder(targets, memory, memory_mask=mask)
+
+    assert_masked_padding_changes_nothing(
+        decode, memory, mask, extra=4, seed=4, tolerance=(1e-5, 1e-6, 1e-6)
+    )
 
 
 def test_the_memory_changes_the_output_in_every_placement():
@@ -341,12 +330,14 @@ def test_decoder_inside_a_model_survives_keras_save_and_load(tmp_path):
 
 
 def test_packed_steps_skip_padding_and_xla_runs_every_row_to_the_end():
-    """Eager/graph `call` stops each row at its length (logits of zero at padding); under XLA,
-    which needs static shapes, every row runs every step. Real positions agree."""
+    """`call` stops each row at its length (logits of zero at padding); with `packed=False`,
+    as XLA needs static shapes, every row runs every step. Real positions agree."""
     decoder = make_decoder(seed=13)
     targets, memory, mask = random_inputs(seed=13)
     packed, _ = decoder(targets, memory, memory_mask=mask)
-    compiled = tf.function(lambda *args: decoder(*args)[0], jit_compile=True)(targets, memory, mask)
+    compiled = tf.function(lambda *args: decoder(*args, packed=False)[0], jit_compile=True)(
+        targets, memory, mask
+    )
     padding = targets == 0
     assert np.all(np.asarray(packed)[padding] == 0.0)
     assert not np.any(np.asarray(compiled)[padding] == 0.0)

@@ -13,22 +13,13 @@ import tensorflow as tf
 
 from shared.decoder import AttentionDecoder
 from tests.shared import numpy_reference as reference
+from tests.shared.decoder_cases import PLACEMENT_IDS, PLACEMENTS, TOLERANCE
 
 VOCAB, EMBEDDING_DIM, UNITS, MEMORY_DIM, ATTENTION_UNITS = 7, 3, 4, 5, 6
 BATCH, SOURCE_LEN, STEPS = 3, 5, 4
 TARGET_LENGTHS = [2, 4, 3]  # real tokens per row, then padding
 SOURCE_LENGTHS = [5, 3, 1]  # unmasked memory positions per row
-TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
-
-# (attention, placement, input_feeding): every way the decoder can read its memory.
-PLACEMENTS = [
-    ("additive", "bahdanau", False),
-    ("concat", "luong", True),
-    ("general", "luong", False),
-    ("none", "init_state", False),
-    ("none", "every_step", False),
-]
-PLACEMENT_IDS = ["bahdanau", "luong-input-feeding", "luong", "init_state", "every_step"]
+SIZES = {"embedding_dim": EMBEDDING_DIM, "units": UNITS, "attention_units": ATTENTION_UNITS}
 
 
 def memory_dim(attention: str) -> int:
@@ -47,17 +38,8 @@ def random_inputs(seed: int, attention: str):
 
 def make_decoder(cell, num_layers, attention, placement, input_feeding, seed=0):
     """A built decoder with random weights, biases included (scaled so nothing saturates)."""
-    decoder = AttentionDecoder(
-        VOCAB,
-        embedding_dim=EMBEDDING_DIM,
-        units=UNITS,
-        cell=cell,
-        num_layers=num_layers,
-        attention=attention,
-        placement=placement,
-        input_feeding=input_feeding,
-        attention_units=ATTENTION_UNITS,
-    )
+    layout = dict(cell=cell, num_layers=num_layers, attention=attention, placement=placement)
+    decoder = AttentionDecoder(VOCAB, input_feeding=input_feeding, **layout, **SIZES)
     decoder.build((BATCH, STEPS), (BATCH, SOURCE_LEN, memory_dim(attention)))
     rng = np.random.default_rng(seed)
     for variable in decoder.weights:
@@ -190,11 +172,14 @@ def test_an_explicit_initial_state_matches_the_reference():
     ids=["bahdanau", "luong"],
 )
 def test_teacher_forcing_under_xla_matches_the_reference(attention, placement, input_feeding):
-    """Under `jit_compile` every row runs to the end (no packing): real positions still match."""
+    """Under `jit_compile` every row runs to the end (`packed=False`): real positions still
+    match."""
     decoder = make_decoder("lstm", 2, attention, placement, input_feeding, seed=9)
     targets, memory, mask = random_inputs(seed=10, attention=attention)
     compiled = tf.function(
-        lambda t, m, k: decoder(t, m, memory_mask=k), jit_compile=True, autograph=False
+        lambda t, m, k: decoder(t, m, memory_mask=k, packed=False),
+        jit_compile=True,
+        autograph=False,
     )
     logits, weights = compiled(targets, memory, mask)
     expected = reference_outputs(decoder, targets, memory, mask)

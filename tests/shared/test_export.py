@@ -27,12 +27,13 @@ from shared.export import (
 )
 from shared.search import beam_search
 from shared.text import PAD_ID, TextVectorizer, Vocabulary
+from tests.fsync_events import record_fsyncs_and_renames
+from tests.subprocess_helpers import ascii_locale_env, printed_json, run_python
 
 TEXTS = ["hello there", "how are you ?", "fine , thanks", "see you soon"]
 PROMPTS = ["hello , how are you ?", "zebra !", ""]
 MAX_LENGTH = 6
 PROJECT_PACKAGES = ("shared", "captioner", "chatbot", "training", "tests")
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ToyReplier:
@@ -195,11 +196,8 @@ def test_partials_of_killed_exports_are_removed_by_the_next_export(toy, tmp_path
     """A SIGKILL skips the `finally`: the next export removes what the dead process left."""
     export_dir = tmp_path / "export" / "toy"
     export_dir.mkdir(parents=True)
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
+    dead = run_python(
+        ["-c", "import os; print(os.getpid())"], cwd=tmp_path, env=os.environ, timeout=120
     )
     dead_pid = int(dead.stdout)  # a process that has ended
     old = time.time() - ABANDONED_AFTER_SECONDS - 60
@@ -217,20 +215,8 @@ def test_partials_of_killed_exports_are_removed_by_the_next_export(toy, tmp_path
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
 def test_the_version_folder_is_fsynced_and_so_is_the_rename(toy, tmp_path, monkeypatch):
-    events = []
-    real_fsync, real_rename = os.fsync, os.rename
-
-    def fsync(descriptor):
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
-        real_fsync(descriptor)
-
-    def rename(source, destination):
-        events.append(("rename", os.fspath(source), os.fspath(destination)))
-        real_rename(source, destination)
-
     monkeypatch.setattr(ARCHIVE_CLASS, "write_out", fake_write_out)
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "rename", rename)
+    events = record_fsyncs_and_renames(monkeypatch, "rename")
     export_dir = tmp_path / "export" / "toy"
     version_dir = toy.export(export_dir)
 
@@ -291,14 +277,7 @@ def test_two_processes_exporting_at_once_get_versions_one_and_two(tmp_path):
     """Under an ASCII locale too: the metadata (with Chinese in it) is written as UTF-8."""
     export_dir, sync_dir = tmp_path / "export" / "toy", tmp_path / "sync"
     sync_dir.mkdir()
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("LANG", "LC_"))}
-    env.update(
-        LC_ALL="C",
-        PYTHONUTF8="0",
-        PYTHONCOERCECLOCALE="0",
-        PYTHONPATH=str(PROJECT_ROOT),
-        TF_CPP_MIN_LOG_LEVEL="2",
-    )
+    env = ascii_locale_env(TF_CPP_MIN_LOG_LEVEL="2")
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", CONCURRENT_EXPORT, str(export_dir), str(sync_dir), str(i)],
@@ -359,16 +338,7 @@ print(json.dumps({{
 """
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    completed = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    loaded = json.loads(completed.stdout.strip().splitlines()[-1])
+    loaded = printed_json(run_python(["-c", script], cwd=tmp_path, env=env, timeout=300))
 
     assert loaded["project_modules"] == []
     assert "serving_default" in loaded["signatures"] and "reply" in loaded["signatures"]
@@ -393,15 +363,6 @@ def test_metadata_reads_as_utf8_whatever_the_locale(tmp_path):
         "from shared.export import read_metadata\n"
         "print(json.dumps(read_metadata(sys.argv[1])))\n"
     )
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("LANG", "LC_"))}
-    env.update(LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0", PYTHONPATH=str(PROJECT_ROOT))
-    completed = subprocess.run(
-        [sys.executable, "-c", script, str(version_dir)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    assert json.loads(completed.stdout.strip().splitlines()[-1]) == metadata
+    args = ["-c", script, str(version_dir)]
+    completed = run_python(args, cwd=tmp_path, env=ascii_locale_env(), timeout=120)
+    assert printed_json(completed) == metadata

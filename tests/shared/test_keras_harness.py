@@ -15,6 +15,8 @@ mixed-precision check has nothing to cast.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
@@ -158,7 +160,8 @@ class AttentionDecoderHarnessTest(HarnessTestCase):
             tf.TensorSpec((None, SOURCE_LEN, MEMORY_DIM), tf.float32),
         )
         for jit_compile in (False, True):
-            traced = tf.function(decoder.__call__, jit_compile=jit_compile)
+            call = functools.partial(decoder.__call__, packed=not jit_compile)
+            traced = tf.function(call, jit_compile=jit_compile)
             logits, weights = traced.get_concrete_function(*signature).structured_outputs
             self.assertEqual(tuple(logits.shape), (None, STEPS, VOCAB), msg=f"{jit_compile=}")
             self.assertEqual(tuple(weights.shape), (None, STEPS, SOURCE_LEN), msg=f"{jit_compile=}")

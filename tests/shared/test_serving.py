@@ -1,26 +1,32 @@
 """Tests for shared/serving.py: what keeps a demo safe on a public address for weeks.
 
 A password when asked for (and always for `--share`), Gradio's traffic summary off unless
-`--monitoring`, and `delete_cache` set on every page the commands launch. Servers are real
-(127.0.0.1, free port) and called over HTTP or through gradio_client; the captioner page serves
-the fake export of tests/captioner/test_app.py. How the cache stays bounded under many uploads
-is tests/test_cache_cleanup.py.
+`--monitoring`, `delete_cache` set on every page the commands launch, and a page without a
+usable model that says how to make one but shows no server path or exception text (both demos).
+Servers are real (127.0.0.1, free port) and called over HTTP or through gradio_client; the
+captioner page serves the fake export of tests/captioner/test_app.py. How the cache stays
+bounded under many uploads is tests/test_cache_cleanup.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import stat
+from pathlib import Path
 
 import httpx
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 
 from captioner import app as caption_app
 from chatbot import app as chat_app
 from shared import serving
-from tests.captioner.test_app import bright_square_picture, free_port, write_fake_captioner
+from tests.captioner.test_app import bright_square_picture, write_fake_captioner
+from tests.chatbot.test_app import GREEDY
+from tests.demo_helpers import page_client, serve, shown
 from training import demo as demo_command
 
 USER, PASSWORD = "ada", "analytical:engine"  # a colon in a password is allowed
@@ -43,14 +49,6 @@ def parse(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace]
     parser = argparse.ArgumentParser()
     serving.add_launch_arguments(parser)
     return parser, parser.parse_args(argv)
-
-
-def launched(demo, **options) -> str:
-    """Launches `demo` like the commands do, on a free local port; returns its URL."""
-    _, url, _ = serving.launch(
-        demo, port=free_port(), prevent_thread_lock=True, quiet=True, **options
-    )
-    return url
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,7 +164,7 @@ def test_a_password_protects_the_page_and_the_uploads(captioner_run, tmp_path):
     settings = serving.prepare_launch(*parse(["--auth-file", str(users)]))
     demo = caption_app.build_app(captioner_run, settings.delete_cache)
     try:
-        url = launched(demo, auth=settings.auth)
+        url = serve(demo, auth=settings.auth)
         assert httpx.get(f"{url}config").status_code == 401
         picture = bright_square_picture(tmp_path / "picture.png")
         with open(picture, "rb") as upload:
@@ -186,7 +184,7 @@ def test_a_password_protects_the_page_and_the_uploads(captioner_run, tmp_path):
 def test_monitoring_is_served_only_when_asked_for(tmp_path, monitoring):
     demo = caption_app.build_app(tmp_path / "no-model")
     try:
-        url = launched(demo, **({"monitoring": True} if monitoring else {}))  # off by default
+        url = serve(demo, **({"monitoring": True} if monitoring else {}))  # off by default
         summary = httpx.get(f"{url}monitoring/summary")
         login = httpx.get(f"{url}monitoring")
     finally:
@@ -197,3 +195,89 @@ def test_monitoring_is_served_only_when_asked_for(tmp_path, monitoring):
     else:
         assert summary.status_code == 403 and "not enabled" in summary.text
         assert login.status_code == 403
+
+
+# ----------------------------------------------------------------------------------------------
+# Pages without a usable model
+
+
+def ask_for_caption(client: Client, folder: Path):
+    return client.predict(
+        handle_file(bright_square_picture(folder / "p.png")), 3, api_name="/caption"
+    )
+
+
+def ask_for_reply(client: Client, folder: Path):
+    return client.predict("hello", [], *GREEDY, api_name="/chat")
+
+
+# Each demo: its page builder, the command that trains its model, and a request to its page.
+DEMOS = {
+    "captioner": (caption_app.build_app, "training.train_captioner", ask_for_caption),
+    "chatbot": (chat_app.build_app, "training.train_chatbot", ask_for_reply),
+}
+
+
+@pytest.fixture
+def folder(tmp_path_factory) -> Path:
+    """Where a page-without-model test keeps its run: not `tmp_path`, which holds Gradio's cache
+    folder here (`quiet_gradio`), and the page names its cached example pictures by path."""
+    return tmp_path_factory.mktemp("server")
+
+
+def page_without_model(name: str, run_dir: Path, folder: Path) -> tuple[dict, str, list[str]]:
+    """Serves demo `name`'s page for `run_dir` (which has no usable model) and sends it a
+    request: -> (the page's config, the error the request got, the page's `problem` notices)."""
+    build_app, _, ask = DEMOS[name]
+    with page_client(build_app, run_dir) as client:
+        with pytest.raises(AppError) as refused:
+            ask(client, folder)
+        page_config = client.config
+    return page_config, str(refused.value), shown(page_config, "problem")
+
+
+@pytest.mark.parametrize("name", DEMOS)
+def test_no_export_page_says_how_to_train(name, folder, capsys):
+    train_module = DEMOS[name][1]
+    run_dir = folder / "runs" / name
+    page_config, error, notices = page_without_model(name, run_dir, folder)
+    assert len(notices) == 1
+    assert f"No trained {name} model yet" in notices[0]
+    assert "`make demo`" in notices[0] and f"`python -m {train_module}`" in notices[0]
+    assert f"No trained {name} model yet" in error
+    assert str(folder) not in json.dumps(page_config) + error  # no server path on the page
+    log = capsys.readouterr().out  # the operator's console names the folder
+    assert f"No trained {name} model was found in {run_dir / 'export' / name}/" in log
+    assert f"python -m {train_module} --run-dir {run_dir}" in log
+
+
+@pytest.mark.parametrize("name", DEMOS)
+def test_broken_export_page_shows_no_path_or_exception_text(name, folder, capsys):
+    train_module = DEMOS[name][1]
+    run_dir = folder / "runs" / name
+    version_dir = run_dir / "export" / name / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "saved_model.pb").write_bytes(b"")  # looks complete, cannot be loaded
+    with pytest.raises(ValueError) as load_error:
+        serving.load_export(version_dir)
+    detail = str(load_error.value)[:60]
+
+    page_config, error, notices = page_without_model(name, run_dir, folder)
+    assert len(notices) == 1
+    assert f"The trained {name} model could not be loaded" in notices[0]
+    assert f"python -m {train_module} --overwrite" in notices[0]
+    assert "could not be loaded" in error
+    page = json.dumps(page_config) + error
+    assert str(folder) not in page and detail not in page and "ValueError" not in page
+    log = capsys.readouterr().out
+    assert f"The model in {version_dir} could not be loaded (ValueError: {detail}" in log
+    assert f"--run-dir {run_dir} --overwrite" in log
+
+
+def test_find_endpoint_falls_back_on_signatures_and_names_what_is_missing():
+    class SignaturesOnly:  # a SavedModel whose functions were exported only as signatures
+        signatures = {"reply": "the reply signature"}
+
+    assert serving.find_endpoint(SignaturesOnly(), "reply", "chatbot") == "the reply signature"
+    with pytest.raises(ValueError, match="no `caption` endpoint; is it a captioner export"):
+        serving.find_endpoint(SignaturesOnly(), "caption", "captioner")

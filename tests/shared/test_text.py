@@ -1,10 +1,6 @@
 """Tests for shared/text.py: standardization, vocabularies, and the in-graph TextVectorizer."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,10 +21,10 @@ from shared.text import (
     split_tokens,
     standardize,
 )
+from tests.subprocess_helpers import ascii_locale_env, run_python
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-WORD_TEXTS = ["Hello, world!", "How are you?", "I am fine, thanks.", "hello again"]
 CHINESE_TEXTS = ["我爱你", "你好 世界", "今天天气很好。"]
+WORD_TEXTS = ["Hello, world!", "How are you?", "I am fine, thanks.", "hello again"]
 
 
 def standardized(texts, mode="word") -> list[str]:
@@ -182,17 +178,7 @@ def test_vocabulary_file_is_utf8_whatever_the_locale(tmp_path):
         "from shared.text import Vocabulary\n"
         "Vocabulary.from_texts(['caf\\u00e9 \\u4f60\\u597d'], mode='char').save(sys.argv[1])\n"
     )
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("LANG", "LC_"))}
-    env.update(LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0", PYTHONPATH=str(PROJECT_ROOT))
-    completed = subprocess.run(
-        [sys.executable, "-c", script, str(path)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    run_python(["-c", script, str(path)], cwd=tmp_path, env=ascii_locale_env(), timeout=120)
     assert {"é", "你", "好"} <= set(Vocabulary.load(path).tokens)
 
 

@@ -8,8 +8,8 @@ import tensorflow as tf
 
 from shared.metrics import MaskedCrossEntropy
 from training import batching
-from training import train_captioner as tc
-from training import train_chatbot as tb
+from training import captioner_pipeline as tc
+from training import chatbot_pipeline as tb
 from training.captioner_config import CaptionerConfig
 from training.chatbot_config import ChatbotConfig
 
@@ -42,19 +42,23 @@ def test_cut_to_longest_keeps_every_real_token():
     assert batching.cut_to_longest(decoder_inputs[:, 3:], labels[:, 3:])[1].shape == (2, 1)
 
 
+# A small captioner on 96 shapes pictures: enough captions of different lengths to batch.
+SMALL_CAPTIONER = {
+    "num_train": 96,
+    "num_val": 8,
+    "num_test": 8,
+    "units": 16,
+    "feature_dim": 16,
+    "embedding_dim": 8,
+    "batch_size": 16,
+    "attention_regularization": 1.0,
+}
+
+
 @pytest.fixture(scope="module")
 def captioner_and_data(tmp_path_factory):
-    config = CaptionerConfig(
-        data_dir=str(tmp_path_factory.mktemp("shapes")),
-        num_train=96,
-        num_val=8,
-        num_test=8,
-        units=16,
-        feature_dim=16,
-        embedding_dim=8,
-        batch_size=16,
-        attention_regularization=1.0,
-    )
+    data_dir = str(tmp_path_factory.mktemp("shapes"))
+    config = CaptionerConfig(data_dir=data_dir, **SMALL_CAPTIONER)
     train = tc.load_split(config, "train")
     model = tc.build_model(config, tc.build_vocabulary(config, train))
     return model, train, config

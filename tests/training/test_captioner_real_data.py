@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 import weakref
 from pathlib import Path
 
@@ -20,8 +18,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from tests.subprocess_helpers import printed_json, run_python
 from tests.training.helpers import REPO_ROOT, error_lines, run_cli, subprocess_env
-from training import evaluate_captioner, image_cache
+from training import captioner_pipeline, evaluate_captioner, image_cache
 from training import train_captioner as tc
 from training.captioner_config import CaptionerConfig
 from training.common import UserError, prepare_run_dir
@@ -86,7 +85,10 @@ def red_values(dataset: tf.data.Dataset) -> list[int]:
 
 
 def split_reds(config: CaptionerConfig) -> dict[str, list[int]]:
-    return {split: red_values(tc.load_split(config, split)) for split in tc.SPLITS}
+    return {
+        split: red_values(captioner_pipeline.load_split(config, split))
+        for split in captioner_pipeline.SPLITS
+    }
 
 
 def assert_disjoint_and_complete(reds: dict[str, list[int]], expected: set[int]) -> None:
@@ -107,7 +109,7 @@ def test_coco_format_with_templated_captions_splits_by_image(tmp_path):
     config = CaptionerConfig(data=coco_set(tmp_path, 120), image_size=IMAGE_SIZE)
     reds = split_reds(config)
     assert_disjoint_and_complete(reds, set(range(120)))
-    assert [len(reds[split]) for split in tc.SPLITS] == [108, 6, 6]
+    assert [len(reds[split]) for split in captioner_pipeline.SPLITS] == [108, 6, 6]
 
 
 def test_flickr8k_format_with_templated_captions_splits_by_image(tmp_path):
@@ -118,9 +120,9 @@ def test_flickr8k_format_with_templated_captions_splits_by_image(tmp_path):
 
 SPLIT_NAMES_SCRIPT = """
 import json, sys
-from training import train_captioner as tc
+from training import captioner_pipeline
 from training.captioner_config import CaptionerConfig
-splits = tc.load_splits(CaptionerConfig(data=sys.argv[1]))
+splits = captioner_pipeline.load_splits(CaptionerConfig(data=sys.argv[1]))
 print(json.dumps({split: list(files.names) for split, files in splits.files.items()}))
 """
 
@@ -128,18 +130,13 @@ print(json.dumps({split: list(files.names) for split, files in splits.files.item
 @pytest.mark.slow
 def test_splits_are_the_same_in_another_process_with_another_hash_seed(tmp_path):
     data = coco_set(tmp_path, 120)
-    here = {s: list(f.names) for s, f in tc.load_splits(CaptionerConfig(data=data)).files.items()}
+    here = {
+        s: list(f.names)
+        for s, f in captioner_pipeline.load_splits(CaptionerConfig(data=data)).files.items()
+    }
     env = {**subprocess_env(), "PYTHONPATH": str(REPO_ROOT), "PYTHONHASHSEED": "12345"}
-    process = subprocess.run(
-        [sys.executable, "-c", SPLIT_NAMES_SCRIPT, data],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert process.returncode == 0, process.stderr[-3000:]
-    assert json.loads(process.stdout.strip().splitlines()[-1]) == here
+    process = run_python(["-c", SPLIT_NAMES_SCRIPT, data], cwd=tmp_path, env=env, timeout=240)
+    assert printed_json(process) == here
 
 
 def test_flickr8k_split_lists_next_to_the_token_file_are_honoured(tmp_path):
@@ -149,19 +146,19 @@ def test_flickr8k_split_lists_next_to_the_token_file_are_honoured(tmp_path):
     for split, listed in lists.items():
         (tmp_path / f"Flickr_8k.{files[split]}.txt").write_text("\n".join(listed) + "\n")
     config = CaptionerConfig(data=data, image_size=IMAGE_SIZE)
-    splits = tc.load_splits(config)
+    splits = captioner_pipeline.load_splits(config)
     assert {split: list(f.names) for split, f in splits.files.items()} == lists
     assert "Flickr_8k.devImages.txt" in splits.how and "2 captioned image(s)" in splits.how
-    assert red_values(tc.load_split(config, "test")) == list(range(34, 38))
+    assert red_values(captioner_pipeline.load_split(config, "test")) == list(range(34, 38))
     # --split-lists none ignores them; a folder elsewhere is used instead
-    by_hash = tc.load_splits(dataclasses.replace(config, split_lists="none"))
+    by_hash = captioner_pipeline.load_splits(dataclasses.replace(config, split_lists="none"))
     assert sum(by_hash.sizes.values()) == 40
     elsewhere = tmp_path / "lists"
     elsewhere.mkdir()
     for path in tmp_path.glob("Flickr_8k.*Images.txt"):
         path.rename(elsewhere / path.name)
-    assert tc.load_splits(config).how.startswith("90/5/5")
-    moved = tc.load_splits(dataclasses.replace(config, split_lists=str(elsewhere)))
+    assert captioner_pipeline.load_splits(config).how.startswith("90/5/5")
+    moved = captioner_pipeline.load_splits(dataclasses.replace(config, split_lists=str(elsewhere)))
     assert {split: list(f.names) for split, f in moved.files.items()} == lists
 
 
@@ -174,9 +171,9 @@ def test_coco_validation_annotations_are_halved_into_validation_and_test(tmp_pat
     assert len(reds["validation"]) == len(reds["test"]) == 10
     assert_disjoint_and_complete(reds, set(range(40)) | set(range(200, 220)))
     with pytest.raises(UserError, match="in --data too"):
-        tc.load_splits(dataclasses.replace(config, val_data=data))
+        captioner_pipeline.load_splits(dataclasses.replace(config, val_data=data))
     with pytest.raises(UserError, match="--val-data goes with coco"):
-        tc.load_splits(dataclasses.replace(config, data="shapes"))
+        captioner_pipeline.load_splits(dataclasses.replace(config, data="shapes"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,9 +288,11 @@ def test_evaluation_holds_only_the_drawn_samples(tmp_path, monkeypatch):
         data_dir=str(tmp_path / "data"), num_train=8, num_val=4, num_test=40, **TINY
     )
     config = dataclasses.replace(config, samples=3)
-    test = tc.load_split(config, "test")
-    vocabulary = tc.build_vocabulary(config, tc.load_split(config, "train"))
-    model = tc.build_model(config, vocabulary)
+    test = captioner_pipeline.load_split(config, "test")
+    vocabulary = captioner_pipeline.build_vocabulary(
+        config, captioner_pipeline.load_split(config, "train")
+    )
+    model = captioner_pipeline.build_model(config, vocabulary)
 
     real_records = evaluate_captioner.caption_records
     watched: list[weakref.ref] = []
@@ -335,13 +334,22 @@ def test_a_run_saved_before_the_data_settings_existed_resumes(tmp_path):
         saved.pop(name)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text(json.dumps(saved), encoding="utf-8")
-    assert prepare_run_dir(config.run_dir, config, tc.EXPORT_NAME, False) == tmp_path / "run"
+    assert (
+        prepare_run_dir(config.run_dir, config, captioner_pipeline.EXPORT_NAME, False)
+        == tmp_path / "run"
+    )
     # where the images are cached does not define the run: it may change on resumption
     on_disk = dataclasses.replace(config, cache_images="disk", cache_memory_gib=8.0)
-    assert prepare_run_dir(config.run_dir, on_disk, tc.EXPORT_NAME, False) == tmp_path / "run"
+    assert (
+        prepare_run_dir(config.run_dir, on_disk, captioner_pipeline.EXPORT_NAME, False)
+        == tmp_path / "run"
+    )
     with pytest.raises(UserError, match="other settings"):
         prepare_run_dir(
-            config.run_dir, dataclasses.replace(config, split_lists="none"), tc.EXPORT_NAME, False
+            config.run_dir,
+            dataclasses.replace(config, split_lists="none"),
+            captioner_pipeline.EXPORT_NAME,
+            False,
         )
     assert os.listdir(tmp_path / "run") == ["config.json"]
 
@@ -388,9 +396,9 @@ def test_tfds_split_sizes_come_from_the_prepared_dataset(tmp_path):
 
     config = CaptionerConfig(data="tfds:coco_captions", data_dir=str(tmp_path), image_size=32)
     with tfds.testing.mock_data(num_examples=3):
-        splits = tc.load_splits(config)
+        splits = captioner_pipeline.load_splits(config)
         assert splits.sizes == {"train": 3, "validation": 3, "test": 3}
         splits.check()
         assert len(red_values(splits.dataset("test"))) == 3
     with pytest.raises(UserError, match="--val-data goes with coco"):
-        tc.load_splits(dataclasses.replace(config, val_data="coco:a.json:images"))
+        captioner_pipeline.load_splits(dataclasses.replace(config, val_data="coco:a.json:images"))

@@ -9,6 +9,7 @@ model, how the command line answers mistakes, and that a killed training resumes
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.serving_helpers import call_reply
 from tests.training.helpers import (
     REPO_ROOT,
     copy_run,
@@ -159,15 +161,11 @@ FRESH_CHATBOT = textwrap.dedent(
     model = tf.saved_model.load(request["export"])
 
 
+    CALL_REPLY_SOURCE
+
+
     def reply(texts, beam_size=1, temperature=0.0, top_k=0, top_p=1.0, seed=0):
-        outputs = model.reply(
-            text=tf.constant(texts, tf.string),
-            beam_size=tf.constant(beam_size, tf.int32),
-            temperature=tf.constant(temperature, tf.float32),
-            top_k=tf.constant(top_k, tf.int32),
-            top_p=tf.constant(top_p, tf.float32),
-            seed=tf.constant(seed, tf.int32),
-        )
+        outputs = call_reply(model, texts, beam_size, temperature, top_k, top_p, seed)
         return {
             "replies": [r.decode("utf-8") for r in outputs["reply"].numpy()],
             "scores": outputs["score"].numpy().tolist(),
@@ -198,7 +196,7 @@ FRESH_CHATBOT = textwrap.dedent(
     )
     Path(sys.argv[2]).write_text(json.dumps(results), encoding="utf-8")
     """
-)
+).replace("CALL_REPLY_SOURCE", inspect.getsource(call_reply))  # TensorFlow only
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,6 @@ sequence; with attention they stay high. Writes `results.json` and `bottleneck.p
 
 from __future__ import annotations
 
-import dataclasses
-
 from training.experiments import common
 
 DECODERS = {
@@ -31,29 +29,10 @@ EPOCHS = {"full": 10, "quick": 1}
 
 
 def run(args) -> dict:
-    mode = "quick" if args.quick else "full"
-    task = common.reverse_task(args.quick, args.seed)
-    train_pairs = task.train_pairs()
-    test_by_length = task.test_pairs(train_pairs)
-    print(
-        f"bottleneck: {len(train_pairs)} training pairs of {task.min_len}..{task.max_len} words",
-        flush=True,
-    )
-
-    configs = {}
-    for name, decoder in DECODERS.items():
-        config = common.seq2seq_config(args.quick, seed=args.seed, epochs=EPOCHS[mode], **decoder)
-        configs[name], _, _ = common.train_and_measure(name, config, train_pairs, test_by_length)
-
-    report = {
-        "experiment": "bottleneck",
-        "quick": args.quick,
-        "task": dataclasses.asdict(task) | {"train_pairs": len(train_pairs)},
-        "model": common.config_summary(args.quick, epochs=EPOCHS[mode]),
-        "lengths": list(task.lengths),
-        "configs": configs,
-    }
-    common.write_json(args.out / "results.json", report)
+    epochs = EPOCHS["quick" if args.quick else "full"]
+    task, train_pairs, test_by_length = common.reverse_data("bottleneck", args)
+    configs = common.train_decoders(args, epochs, DECODERS, train_pairs, test_by_length)
+    report = common.write_report("bottleneck", args, task, train_pairs, epochs, configs)
     plot(report, args.out / "bottleneck.png")
     print()
     print("exact-sequence accuracy by input length")

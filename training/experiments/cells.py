@@ -22,14 +22,12 @@ Writes `results.json` and `cells.png` (learning curves, accuracy by length, grad
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import tensorflow as tf
 
 from shared.metrics import token_cross_entropy
+from training.chatbot_pipeline import batches
 from training.experiments import common
-from training.train_chatbot import batches
 
 CELLS = ("rnn", "gru", "lstm")
 CELL_NAMES = {"rnn": "SimpleRNN", "gru": "GRU", "lstm": "LSTM"}
@@ -76,15 +74,9 @@ def gradient_through_time(model, pairs) -> list[float]:
 
 def run(args) -> dict:
     mode = "quick" if args.quick else "full"
-    task = common.reverse_task(args.quick, args.seed)
-    train_pairs = task.train_pairs()
-    test_by_length = task.test_pairs(train_pairs)
+    task, train_pairs, test_by_length = common.reverse_data("cells", args)
     probe_length = task.lengths[-1]
     probe_pairs = test_by_length[probe_length][: PROBE_BATCH[mode]]
-    print(
-        f"cells: {len(train_pairs)} training pairs of {task.min_len}..{task.max_len} words",
-        flush=True,
-    )
 
     configs = {}
     for cell in CELLS:
@@ -107,40 +99,23 @@ def run(args) -> dict:
         }
         configs[name] = entry
 
-    report = {
-        "experiment": "cells",
-        "quick": args.quick,
-        "task": dataclasses.asdict(task) | {"train_pairs": len(train_pairs)},
-        "model": common.config_summary(args.quick, epochs=EPOCHS[mode]),
-        "lengths": list(task.lengths),
-        "gradient_probe": {
-            "length": probe_length,
-            "sequences": len(probe_pairs),
-            "steps": probe_length + 1,
-            "quantity": "mean over sequences of ||d loss_t / d s_0||, t = 1..steps",
-        },
-        "configs": configs,
+    probe = {
+        "length": probe_length,
+        "sequences": len(probe_pairs),
+        "steps": probe_length + 1,
+        "quantity": "mean over sequences of ||d loss_t / d s_0||, t = 1..steps",
     }
-    common.write_json(args.out / "results.json", report)
+    report = common.write_report(
+        "cells", args, task, train_pairs, EPOCHS[mode], configs, gradient_probe=probe
+    )
     plot(report, args.out / "cells.png")
     print()
-    print(
-        common.format_table(
-            ["cell", "params", "final loss", "accuracy", "ex/s", "grad T/1 untrained", "trained"],
-            [
-                [
-                    name,
-                    result["parameters"],
-                    result["training"]["loss"][-1],
-                    result["accuracy"],
-                    result["training"]["examples_per_second"],
-                    _last_over_first(result["gradient_norms"]["initial"]),
-                    _last_over_first(result["gradient_norms"]["trained"]),
-                ]
-                for name, result in configs.items()
-            ],
-        )
-    )
+    columns = {
+        "final loss": lambda entry: entry["training"]["loss"][-1],
+        "grad T/1 untrained": lambda entry: _last_over_first(entry["gradient_norms"]["initial"]),
+        "trained": lambda entry: _last_over_first(entry["gradient_norms"]["trained"]),
+    }
+    print(common.summary_table("cell", configs, columns))
     print("(grad T/1: ||d loss_T / d s_0|| / ||d loss_1 / d s_0||, T = the last decoder step)")
     print("\nexact-sequence accuracy by input length")
     print(common.accuracy_table(configs, task.lengths))

@@ -8,14 +8,16 @@ does the decoder write back exactly? This module holds that recipe once:
 1. `ReverseTask` makes the training pairs (every length up to `max_len`) and, per test length,
    fresh pairs the model has never seen (via `chatbot.data.load_pairs`);
 2. `seq2seq_config` fills a `ChatbotConfig` with the experiments' sizes; `build` seeds Keras and
-   builds the model with `training.train_chatbot.build_model`; `fit` trains it on the
-   length-bucketed batches of `training.train_chatbot.batches` and times every epoch;
+   builds the model with `training.chatbot_pipeline.build_model`; `fit` trains it on the
+   length-bucketed batches of `training.chatbot_pipeline.batches` and times every epoch;
 3. `accuracy_by_length` decodes every test prompt with the model's in-graph batched greedy
    search (`training.evaluate_chatbot.reply_all`) and scores exact-sequence accuracy and BLEU
-   per length; `attention_entropy` says how peaked the attention of those replies was.
+   per length; `attention_entropy` says how peaked the attention of those replies was;
+4. `reverse_data`, `train_decoders` and `write_report` are each run's frame around its settings:
+   the data, one trained and measured entry per setting, and `results.json`.
 
-The rest writes results: `results.json`, plots through matplotlib's Agg renderer (no window,
-no pyplot state), and a plain-text table for the terminal.
+The rest writes results: plots through matplotlib's Agg renderer (no window, no pyplot state)
+and plain-text tables for the terminal.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +39,8 @@ from shared.metrics import corpus_bleu, exact_match
 from shared.text import Vocabulary
 from training import common as training_common
 from training.chatbot_config import ChatbotConfig
+from training.chatbot_pipeline import batches, build_model
 from training.evaluate_chatbot import reply_all
-from training.train_chatbot import batches, build_model
 
 # Sizes shared by the sequence experiments. The decoder has as many units as the bidirectional
 # encoder's memory is wide, so that dot attention (which needs equal sizes) fits every setting.
@@ -327,6 +329,23 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines)
 
 
+def summary_table(
+    kind: str, configs: dict[str, dict], columns: dict[str, Callable[[dict], object]]
+) -> str:
+    """One row per setting (`kind`: what the settings differ in): its parameters, overall
+    accuracy and training speed, then `value(entry)` for every other column."""
+    every_run = {
+        "params": lambda entry: entry["parameters"],
+        "accuracy": lambda entry: entry["accuracy"],
+        "ex/s": lambda entry: entry["training"]["examples_per_second"],
+    }
+    columns = every_run | columns
+    rows = [
+        [name, *(value(entry) for value in columns.values())] for name, entry in configs.items()
+    ]
+    return format_table([kind, *columns], rows)
+
+
 def accuracy_table(configs: dict[str, dict], lengths: Sequence[int], metric="accuracy") -> str:
     """One row per setting, one column per test length, cells `metric` of that length."""
     headers = ["setting", *(str(length) for length in lengths)]
@@ -380,3 +399,49 @@ def train_and_measure(
     }
     print(f"  {name}: accuracy {entry['accuracy']:.3f}", flush=True)
     return entry, model, outputs
+
+
+# ----------------------------------------------------------------------------------------------
+# What every sequence experiment's run does around its settings
+
+
+def reverse_data(name: str, args, max_len: int | None = None):
+    """`(task, training pairs, unseen test pairs by length)` of the reverse task for `args`
+    (`--quick`, `--seed`), announced on stdout under the experiment's `name`."""
+    task = reverse_task(args.quick, args.seed, max_len)
+    train_pairs = task.train_pairs()
+    print(
+        f"{name}: {len(train_pairs)} training pairs of {task.min_len}..{task.max_len} words",
+        flush=True,
+    )
+    return task, train_pairs, task.test_pairs(train_pairs)
+
+
+def train_decoders(
+    args, epochs: int, decoders: dict[str, dict], train_pairs, test_by_length
+) -> dict[str, dict]:
+    """`train_and_measure` for every named decoder setting (`AttentionDecoder` arguments),
+    each trained for `epochs`: `{name: entry}`."""
+    configs = {}
+    for name, decoder in decoders.items():
+        config = seq2seq_config(args.quick, seed=args.seed, epochs=epochs, **decoder)
+        configs[name], _, _ = train_and_measure(name, config, train_pairs, test_by_length)
+    return configs
+
+
+def write_report(
+    name: str, args, task: ReverseTask, train_pairs, epochs: int, configs: dict, **extra
+) -> dict:
+    """The experiment's report (the task, the sizes, `extra`, and every setting's entry in
+    `configs`), written to `<out>/results.json` and returned."""
+    report = {
+        "experiment": name,
+        "quick": args.quick,
+        "task": dataclasses.asdict(task) | {"train_pairs": len(train_pairs)},
+        "model": config_summary(args.quick, epochs=epochs),
+        "lengths": list(task.lengths),
+        **extra,
+        "configs": configs,
+    }
+    write_json(args.out / "results.json", report)
+    return report

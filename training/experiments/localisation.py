@@ -33,9 +33,9 @@ from matplotlib.patches import Rectangle
 from captioner.shapes import COLOUR_WORDS, RELATION_WORDS, SHAPE_WORDS, SIZE_WORDS
 from shared.plots import overlay_attention
 from training.captioner_config import CaptionerConfig
+from training.captioner_pipeline import build_model, build_vocabulary, load_split, training_batches
 from training.evaluate_captioner import caption_split, cells_overlapping, load_run, score
 from training.experiments import common
-from training.train_captioner import build_model, build_vocabulary, load_split, training_batches
 
 WORD_TYPES = {
     "size": SIZE_WORDS,

@@ -19,8 +19,6 @@ Writes `results.json` and `scores.png`.
 
 from __future__ import annotations
 
-import dataclasses
-
 from training.experiments import common
 
 DECODERS = {
@@ -37,48 +35,18 @@ MAX_LEN = 20
 
 
 def run(args) -> dict:
-    mode = "quick" if args.quick else "full"
-    task = common.reverse_task(args.quick, args.seed, max_len=MAX_LEN)
-    train_pairs = task.train_pairs()
-    test_by_length = task.test_pairs(train_pairs)
-    print(
-        f"scores: {len(train_pairs)} training pairs of {task.min_len}..{task.max_len} words",
-        flush=True,
-    )
-
-    configs = {}
-    for name, decoder in DECODERS.items():
-        config = common.seq2seq_config(args.quick, seed=args.seed, epochs=EPOCHS[mode], **decoder)
-        configs[name], _, _ = common.train_and_measure(name, config, train_pairs, test_by_length)
-
-    report = {
-        "experiment": "scores",
-        "quick": args.quick,
-        "task": dataclasses.asdict(task) | {"train_pairs": len(train_pairs)},
-        "model": common.config_summary(args.quick, epochs=EPOCHS[mode]),
-        "lengths": list(task.lengths),
-        "configs": configs,
-    }
-    common.write_json(args.out / "results.json", report)
+    epochs = EPOCHS["quick" if args.quick else "full"]
+    task, train_pairs, test_by_length = common.reverse_data("scores", args, max_len=MAX_LEN)
+    configs = common.train_decoders(args, epochs, DECODERS, train_pairs, test_by_length)
+    report = common.write_report("scores", args, task, train_pairs, epochs, configs)
     plot(report, args.out / "scores.png")
     print()
-    print(
-        common.format_table(
-            ["decoder", "params", "accuracy", "BLEU-4 (longest)", "ex/s", "entropy", "normalised"],
-            [
-                [
-                    name,
-                    result["parameters"],
-                    result["accuracy"],
-                    result["by_length"][-1]["bleu"],
-                    result["training"]["examples_per_second"],
-                    result["mean_entropy"],
-                    result["normalised_entropy"],
-                ]
-                for name, result in configs.items()
-            ],
-        )
-    )
+    columns = {
+        "BLEU-4 (longest)": lambda entry: entry["by_length"][-1]["bleu"],
+        "entropy": lambda entry: entry["mean_entropy"],
+        "normalised": lambda entry: entry["normalised_entropy"],
+    }
+    print(common.summary_table("decoder", configs, columns))
     print("\nexact-sequence accuracy by input length")
     print(common.accuracy_table(configs, task.lengths))
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'scores.png'}")
