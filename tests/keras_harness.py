@@ -8,7 +8,7 @@ mixed-precision dtypes. With `input_shape` a dict of `<argument>_shape` entries 
 calls a layer that takes several inputs by name (the way Keras tests `MultiHeadAttention`), but
 its training step calls `layer(x)` with one input, so Keras turns it off for such layers.
 `run_fit_step` runs the same step (`fit`, SGD on the sum of the first output,
-`jit_compile="auto"`: no XLA on a CPU) with the inputs passed by name, and also checks that every
+`jit_compile=False`: the packed decoder loop is not for XLA, which a GPU would pick for "auto") with the inputs passed by name, and also checks that every
 trainable weight gets a gradient that is not all zeros.
 
 Models (`Captioner`, `Seq2Seq`) take a dict of inputs and keep string vocabularies, so
@@ -67,7 +67,7 @@ class HarnessTestCase(testing.TestCase):
         (The gradients, not the weights' change: an SGD step on this loss moves some weights
         less than float32 can show.)"""
         output = model(inputs)
-        model.compile(optimizer=keras.optimizers.SGD(0.01), loss=SumLoss(), jit_compile="auto")
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss=SumLoss(), jit_compile=False)
         history = model.fit(inputs, ops.zeros_like(output), batch_size=len(output), verbose=0)
         self.assertTrue(np.isfinite(history.history["loss"][0]))
         weights = owner.trainable_weights
