@@ -7,9 +7,10 @@ checks the config round trip, serialization, that `build()` creates every weight
 mixed-precision dtypes. With `input_shape` a dict of `<argument>_shape` entries it builds and
 calls a layer that takes several inputs by name (the way Keras tests `MultiHeadAttention`), but
 its training step calls `layer(x)` with one input, so Keras turns it off for such layers.
-`run_fit_step` runs the same step (`fit`, SGD on the sum of the first output,
-`jit_compile=False`: the packed decoder loop is not for XLA, which a GPU would pick for "auto") with the inputs passed by name, and also checks that every
-trainable weight gets a gradient that is not all zeros.
+`run_fit_step` runs the same step (`fit`, SGD on the sum of the first output, without XLA:
+a GPU would pick XLA for `jit_compile="auto"`, and the packed decoder loop is not for XLA)
+with the inputs passed by name, and also checks that every trainable weight gets a gradient
+that is not all zeros.
 
 Models (`Captioner`, `Seq2Seq`) take a dict of inputs and keep string vocabularies, so
 `run_model_checks` does for them what the harness does for layers: the serialization test
