@@ -17,9 +17,10 @@ import tensorflow as tf
 from keras import ops
 
 from captioner.encoder import PixelScaling, RegionGrid, backbone, pixel_scaling_for, small_cnn
+from shared.compiled import compiled_search
 from shared.decoder import AttentionDecoder
 from shared.export import MAX_SERVING_BATCH, bounded_batch
-from shared.search import search
+from shared.search import SearchResult, search
 from shared.text import PAD_ID, TextVectorizer
 
 
@@ -123,19 +124,23 @@ class Captioner(keras.Model):
 
     # === Captioning, in the graph ===
 
-    def caption_images(self, images, **search_settings):
-        """uint8 images -> dict of `caption` strings, `score`, `attention` `(batch, T, regions)`,
-        `tokens` (the caption's words, padded with "") and `length`. `search_settings`:
-        `shared.search.search`'s (`beam_size`, `alpha`, `temperature`, `top_k`, `top_p`,
-        `seed`); greedy search without them."""
-        if not self.built:  # build every layer before the search loop calls it
-            self.build({"decoder_inputs": (None, None)})
+    def search_images(self, images, **search_settings) -> SearchResult:
+        """uint8 images `(batch, size, size, 3)` -> `shared.search.SearchResult`: the numbers
+        of a caption, no strings (what `compiled_search` may compile with XLA)."""
         regions = self.encode(images, training=False)
         memory_context = self.decoder.prepare_memory(regions)
         state = self.decoder.initial_state(memory_context)
-        result = search(
-            self.decoder.step, state, memory_context, self.max_length, **search_settings
-        )
+        return search(self.decoder.step, state, memory_context, self.max_length, **search_settings)
+
+    def caption_images(self, images, jit_compile=False, **search_settings):
+        """uint8 images -> dict of `caption` strings, `score`, `attention` `(batch, T, regions)`,
+        `tokens` (the caption's words, padded with "") and `length`. `search_settings`:
+        `shared.search.search`'s (`beam_size`, `alpha`, `temperature`, `top_k`, `top_p`,
+        `seed`); greedy search without them. `jit_compile`: search with XLA
+        (`shared.compiled`)."""
+        if not self.built:  # build every layer before the search loop calls it
+            self.build({"decoder_inputs": (None, None)})
+        result = compiled_search(self.search_images, jit_compile)(images, **search_settings)
         return {
             "caption": self.text.decode(result.tokens),
             "score": result.scores,
@@ -145,14 +150,17 @@ class Captioner(keras.Model):
             "length": result.lengths,
         }
 
-    def serving_function(self, decode_image, max_batch: int = MAX_SERVING_BATCH):
+    def serving_function(
+        self, decode_image, max_batch: int = MAX_SERVING_BATCH, jit_compile: bool = False
+    ):
         """The `caption` endpoint of the SavedModel: encoded image bytes in, captions out.
 
         `decode_image(bytes) -> uint8 (image_size, image_size, 3)` runs in the graph (see
         `captioner.data.decode_image`). One call takes at most `max_batch` pictures
         (`shared.export.MAX_SERVING_BATCH`, which the training script records in the export's
         metadata as `max_batch`); a bigger batch is refused with an `InvalidArgumentError`
-        before any picture is decoded.
+        before any picture is decoded. `jit_compile`: the search compiled with XLA
+        (`shared.compiled`; the picture decoding stays outside).
         """
 
         @tf.function(
@@ -177,7 +185,7 @@ class Captioner(keras.Model):
             count = tf.shape(images)[0]
             blank = tf.zeros([1, self.image_size, self.image_size, 3], tf.uint8)
             images = tf.cond(count > 0, lambda: images, lambda: blank)
-            outputs = self.caption_images(images, beam_size=beam_size)
+            outputs = self.caption_images(images, jit_compile, beam_size=beam_size)
             outputs = {name: value[:count] for name, value in outputs.items()}
             outputs["grid_shape"] = tf.constant(self.grid_shape, tf.int32)
             return outputs

@@ -14,6 +14,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from shared.compiled import compiled_search
 from shared.decoder import AttentionDecoder
 from shared.export import MAX_SERVING_BATCH, bounded_batch
 from shared.search import search
@@ -174,10 +175,13 @@ class Seq2Seq(keras.Model):
             self.decoder.step, state, memory_context, self.max_target_length, **search_settings
         )
 
-    def reply_texts(self, texts, **search_settings):
-        """Raw strings `(batch,)` -> dict of `reply`, `score`, `attention`, tokens, `length`."""
+    def reply_texts(self, texts, jit_compile=False, **search_settings):
+        """Raw strings `(batch,)` -> dict of `reply`, `score`, `attention`, tokens, `length`.
+        `jit_compile`: the search (`reply_ids`) compiled with XLA (`shared.compiled`)."""
+        if not self.built:  # build every layer outside the compiled search
+            self.build({"source": (None, None), "decoder_inputs": (None, None)})
         source_ids = self.source_text(texts)
-        result = self.reply_ids(source_ids, **search_settings)
+        result = compiled_search(self.reply_ids, jit_compile)(source_ids, **search_settings)
         return {
             "reply": self.target_text.decode(result.tokens),
             "score": result.scores,
@@ -189,7 +193,7 @@ class Seq2Seq(keras.Model):
             "length": result.lengths,
         }
 
-    def serving_function(self, max_batch: int = MAX_SERVING_BATCH):
+    def serving_function(self, max_batch: int = MAX_SERVING_BATCH, jit_compile: bool = False):
         """The `reply` endpoint of the SavedModel: raw strings and search settings in.
 
         One call takes at most `max_batch` texts (`shared.export.MAX_SERVING_BATCH`, which the
@@ -203,6 +207,9 @@ class Seq2Seq(keras.Model):
         `--context-turns N` (the export's metadata records `context_turns`), the last N turns
         of the conversation, user and bot alike, oldest first and ending with the message to
         answer, joined by " ␞ " (`chatbot.turns.context_prompt`); with N = 1, the message alone.
+
+        `jit_compile`: the search compiled with XLA (`shared.compiled`; the text work stays
+        outside).
         """
 
         @tf.function(
@@ -220,6 +227,7 @@ class Seq2Seq(keras.Model):
             text = bounded_batch(text, max_batch, "reply", "texts")
             return self.reply_texts(
                 text,
+                jit_compile,
                 beam_size=beam_size,
                 temperature=temperature,
                 top_k=top_k,

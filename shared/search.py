@@ -71,8 +71,10 @@ def _token_by_token(step_fn, state, memory_context, max_length, choose):
     finished = tf.zeros([batch_size], tf.bool)
     scores = tf.zeros([batch_size], tf.float32)
     lengths = tf.zeros([batch_size], tf.int32)
-    token_buffer = tf.TensorArray(tf.int32, size=max_length)
-    weight_buffer = tf.TensorArray(tf.float32, size=max_length, element_shape=[None, None])
+    # Fixed-size buffers, time first, written one row a step: unlike a TensorArray read back
+    # up to the step reached, they have the same shape on every call, which XLA needs.
+    token_buffer = tf.zeros([max_length, batch_size], tf.int32)
+    weight_buffer = tf.zeros([max_length, batch_size, source_len], tf.float32)
 
     def body(t, tokens, state, finished, scores, lengths, token_buffer, weight_buffer):
         logits, state, weights = step_fn(tokens, state, memory_context)
@@ -83,26 +85,21 @@ def _token_by_token(step_fn, state, memory_context, max_length, choose):
         scores += tf.where(finished, 0.0, chosen_log_prob)
         lengths += tf.cast(~finished, tf.int32)
         weights = tf.where(finished[:, None], 0.0, tf.cast(weights, tf.float32))
-        token_buffer = token_buffer.write(t, chosen)
-        weight_buffer = weight_buffer.write(t, weights)
+        token_buffer = tf.tensor_scatter_nd_update(token_buffer, [[t]], chosen[None])
+        weight_buffer = tf.tensor_scatter_nd_update(weight_buffer, [[t]], weights[None])
         finished |= chosen == END_ID
         return t + 1, chosen, state, finished, scores, lengths, token_buffer, weight_buffer
 
     t = tf.constant(0)
     loop_vars = (t, tokens, state, finished, scores, lengths, token_buffer, weight_buffer)
-    t, _, _, _, scores, lengths, token_buffer, weight_buffer = tf.while_loop(
+    _, _, _, _, scores, lengths, token_buffer, weight_buffer = tf.while_loop(
         lambda t, _tokens, _state, finished, *_: (t < max_length) & ~tf.reduce_all(finished),
         body,
         loop_vars,
         maximum_iterations=max_length,
     )
-    padding = max_length - t
-    emitted = tf.range(t)  # the buffers have max_length slots; only the first t were written
-    tokens = tf.pad(tf.transpose(token_buffer.gather(emitted)), [[0, 0], [0, padding]])
-    weights = tf.transpose(weight_buffer.gather(emitted), [1, 0, 2])
-    weights = tf.pad(weights, [[0, 0], [0, padding], [0, 0]])
-    weights = tf.reshape(weights, [batch_size, max_length, source_len])
-    tokens = tf.reshape(tokens, [batch_size, max_length])
+    tokens = tf.transpose(token_buffer)  # rows never written hold padding (0) already
+    weights = tf.transpose(weight_buffer, [1, 0, 2])
     return SearchResult(tokens, scores, weights, lengths, tokens[:, None, :], scores[:, None])
 
 
@@ -136,11 +133,42 @@ def sample(
     top_p = tf.cast(top_p, tf.float32)
     seed = tf.cast(seed, tf.int32)
 
+    filtering = (top_k > 0) | (top_p < 1.0)  # two sorts of the vocabulary a step: only if asked
+
     def choose(log_probs, t):
-        logits = filter_logits(log_probs / temperature, top_k, top_p)
-        return tf.random.stateless_categorical(logits, 1, seed=tf.stack([seed, t]))[:, 0]
+        logits = log_probs / temperature
+        logits = tf.cond(filtering, lambda: filter_logits(logits, top_k, top_p), lambda: logits)
+        # Gumbel-max: the argmax of the logits plus Gumbel noise is a draw from their softmax.
+        uniform = hashed_uniform(tf.shape(logits), seed, t)
+        return tf.argmax(logits - tf.math.log(-tf.math.log(uniform)), axis=-1)
 
     return _token_by_token(step_fn, state, memory_context, max_length, choose)
+
+
+def _mix(x):
+    """A 32-bit integer hash (Wellons' "lowbias32"): every output bit depends on every input bit."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16)) * tf.constant(
+        0x7FEB352D, tf.uint32
+    )
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 15)) * tf.constant(
+        0x846CA68B, tf.uint32
+    )
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def hashed_uniform(shape, seed, t):
+    """Uniform noise in (0, 1), `shape` `(batch, vocab)`, from a hash of (seed, step, position).
+
+    Not `tf.random.stateless_uniform`: XLA derives its Philox key otherwise, so the compiled
+    search (`shared.compiled`) would draw other tokens than the plain graph from the same
+    seed. Integer arithmetic is the same everywhere, so both draw the same noise.
+    """
+    key = _mix(tf.bitwise.bitwise_xor(_mix(tf.cast(seed, tf.uint32)), tf.cast(t, tf.uint32)))
+    position = tf.range(shape[0] * shape[1])
+    bits = _mix(tf.bitwise.bitwise_xor(_mix(tf.cast(position, tf.uint32)), key))
+    # The top 24 bits, centred in their interval: exactly representable, never 0 or 1.
+    uniform = (tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) + 0.5) / 2.0**24
+    return tf.reshape(uniform, shape)
 
 
 def filter_logits(logits, top_k, top_p):
@@ -288,8 +316,10 @@ def search(
 
     `beam_size` is clipped to `[1, MAX_BEAM_SIZE]`.
 
-    Beam size 1 is greedy search. Every knob may be a tensor, so one exported endpoint offers
-    all three searches; the choice is a `tf.cond` in the graph.
+    Beam size 1 is greedy search, and runs as greedy search (no beam bookkeeping): the same
+    tokens and, length-normalized like a beam's, the same score. Every knob may be a tensor,
+    so one exported endpoint offers all three searches; the choice is a `tf.cond` in the
+    graph (decided when XLA compiles the search, where `beam_size` is a compile-time value).
     """
     temperature = tf.cast(temperature, tf.float32)
     # A served model takes beam_size from its callers: bound the memory one request can claim.
@@ -301,4 +331,9 @@ def search(
     def by_beam():
         return beam_search(step_fn, state, memory_context, max_length, beam_size, alpha)
 
-    return tf.cond(temperature > 0, by_sampling, by_beam)
+    def by_greedy():
+        result = greedy_search(step_fn, state, memory_context, max_length)
+        scores = result.scores / length_penalty(result.lengths, alpha)
+        return result._replace(scores=scores, nbest_scores=scores[:, None])
+
+    return tf.cond(temperature > 0, by_sampling, lambda: tf.cond(beam_size > 1, by_beam, by_greedy))

@@ -21,6 +21,7 @@ import tensorflow as tf
 from captioner import data as caption_data
 from captioner import splits as caption_splits
 from captioner.model import Captioner
+from shared.compiled import serving_endpoints
 from shared.export import MAX_SERVING_BATCH, write_savedmodel
 from shared.text import Vocabulary
 from training import batching
@@ -308,16 +309,22 @@ def build_model(config: CaptionerConfig, vocabulary: Vocabulary) -> Captioner:
 
 
 def export(model: Captioner, run_dir, config: CaptionerConfig):
-    """Writes `<run_dir>/export/captioner/<version>/` with the `caption` endpoint."""
+    """Writes `<run_dir>/export/captioner/<version>/` with the `caption` endpoint (compiled
+    with XLA) and `caption_portable` (`shared.compiled.serving_endpoints`)."""
     size = config.image_size
-    endpoint = model.serving_function(
-        lambda image_bytes: caption_data.decode_image(image_bytes, size)
+
+    def decode(image_bytes):
+        return caption_data.decode_image(image_bytes, size)
+
+    endpoints, about_endpoints = serving_endpoints(
+        "caption", lambda jit_compile: model.serving_function(decode, jit_compile=jit_compile)
     )
     return write_savedmodel(
         run_dir / "export" / EXPORT_NAME,
-        {"caption": endpoint},
+        endpoints,
         track=[model],
         metadata={
+            **about_endpoints,
             "kind": "captioner",
             "image_size": size,
             "grid_shape": list(model.grid_shape),
