@@ -108,6 +108,15 @@ def read_upload(path: str | Path, name: str) -> Upload:
     return Upload(data, np.asarray(picture))
 
 
+def warm_up(model) -> None:
+    """Captions a blank picture with every search the page offers, so the search is compiled
+    for each (`shared.compiled`) before a visitor uploads."""
+    blank = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(blank, format="PNG")
+    for _, beam_size in SEARCH_CHOICES:
+        run_caption(model, blank.getvalue(), beam_size)
+
+
 def run_caption(model, image_bytes: bytes, beam_size: int) -> Caption:
     """Calls the export's `caption` endpoint on one encoded picture."""
     import tensorflow as tf
@@ -177,7 +186,9 @@ def build_app(
 
     `delete_cache` is `(check every, delete after)` in seconds for uploads and attention panels.
     """
-    served = serving.open_export(run_dir, EXPORT_NAME, TRAIN_MODULE, ENDPOINT, image_size_of)
+    served = serving.open_export(
+        run_dir, EXPORT_NAME, TRAIN_MODULE, ENDPOINT, image_size_of, warm_up
+    )
     model, image_size, problem = served.model, served.settings, served.problem
     kept = f" (uploads are kept {serving.duration_text(delete_cache[1])})" if delete_cache else ""
 

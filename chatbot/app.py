@@ -130,6 +130,17 @@ def last_user_message(history: list[dict]) -> int | None:
     return None
 
 
+# Messages whose prompts fill the two shortest length buckets of the compiled search (8 and 16
+# tokens, `shared.compiled.cut_to_bucket`): what most visitors type first.
+WARM_UP_MESSAGES = ("hello", "can you tell me something about the weather on a summer day")
+
+
+def warm_up(model) -> None:
+    """Greedy replies to `WARM_UP_MESSAGES`, so the search is compiled before a visitor asks."""
+    for message in WARM_UP_MESSAGES:
+        run_reply(model, message, Decoding())
+
+
 def run_reply(model, message: str, decoding: Decoding) -> Reply:
     """Calls the export's `reply` endpoint on one message."""
     import tensorflow as tf
@@ -172,7 +183,9 @@ def build_app(
 
     `delete_cache` is `(check every, delete after)` in seconds for the heatmap pictures.
     """
-    served = serving.open_export(run_dir, EXPORT_NAME, TRAIN_MODULE, ENDPOINT, context_turns_of)
+    served = serving.open_export(
+        run_dir, EXPORT_NAME, TRAIN_MODULE, ENDPOINT, context_turns_of, warm_up
+    )
     model, context_turns, problem = served.model, served.settings, served.problem
 
     def answer(history, message, settings) -> Reply:

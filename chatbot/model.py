@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from shared.compiled import compiled_search
+from shared.compiled import compiled_search, cut_to_bucket
 from shared.decoder import AttentionDecoder
 from shared.export import MAX_SERVING_BATCH, bounded_batch
 from shared.search import search
@@ -180,7 +180,7 @@ class Seq2Seq(keras.Model):
         `jit_compile`: the search (`reply_ids`) compiled with XLA (`shared.compiled`)."""
         if not self.built:  # build every layer outside the compiled search
             self.build({"source": (None, None), "decoder_inputs": (None, None)})
-        source_ids = self.source_text(texts)
+        source_ids = cut_to_bucket(self.source_text(texts), PAD_ID)
         result = compiled_search(self.reply_ids, jit_compile)(source_ids, **search_settings)
         return {
             "reply": self.target_text.decode(result.tokens),

@@ -34,6 +34,15 @@ def padded_batch_size(batch):
     return tf.maximum(tf.reduce_min(tf.where(buckets >= batch, buckets, largest)), batch)
 
 
+def cut_to_bucket(ids, pad_id: int = 0, multiple: int = 8):
+    """Token ids `(batch, S)`, padded on the right, cut to their longest row rounded up to a
+    multiple of `multiple` (at most S): the encoder reads a short prompt in a few steps, not
+    in S, and XLA compiles at most S / `multiple` lengths."""
+    longest = tf.reduce_max(tf.reduce_sum(tf.cast(ids != pad_id, tf.int32), axis=1))
+    length = tf.maximum((longest + multiple - 1) // multiple, 1) * multiple
+    return ids[:, : tf.minimum(length, tf.shape(ids)[1])]
+
+
 def compiled_search(search_fn, jit_compile: bool = True):
     """`search_fn(inputs, **settings)` with the batch padded to a bucket and compiled with XLA.
 

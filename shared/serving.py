@@ -26,6 +26,7 @@ import signal
 import stat
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,9 +143,15 @@ def open_export(
     train_module: str,
     endpoint: str,
     read_settings: Callable[[dict], Any] = lambda metadata: None,
+    warm_up: Callable[[Any], Any] | None = None,
 ) -> ServedModel:
     """The newest `<run_dir>/export/<name>/` version, loaded, with its `endpoint` checked and
     `read_settings(metadata)` as its settings.
+
+    `warm_up(model)`, if given, runs in a background thread once the model is loaded: a first
+    call of the endpoint, which makes XLA compile its search (`shared.compiled`) while the
+    page opens rather than during the first visitor's request. A failed warm-up is printed,
+    not raised: the visitor's own call will show what is wrong.
 
     Why not just raise: the page should still open and say what to do. So when there is no
     export, or it cannot be loaded or read, the result holds a `Problem` instead of a model (its
@@ -159,11 +166,27 @@ def open_export(
             loaded = load_export(version_dir)
             find_endpoint(loaded.model, endpoint, name)
             settings = read_settings(loaded.metadata)
+            if warm_up is not None:
+                start_warm_up(warm_up, loaded.model, name)
             return ServedModel(name, version_dir, loaded.model, settings, None)
         except Exception as error:  # any failure to load is reported on the page instead
             problem = load_failed_problem(version_dir, error, name, train_module)
     print(problem.log, flush=True)
     return ServedModel(name, version_dir, None, read_settings({}), problem)
+
+
+def start_warm_up(warm_up: Callable[[Any], Any], model, name: str) -> threading.Thread:
+    """Runs `warm_up(model)` in a daemon thread; returns the thread."""
+
+    def run():
+        try:
+            warm_up(model)
+        except Exception as error:  # printed for the operator; the page keeps working
+            print(f"{name}: warming up the model failed: {error!r}", flush=True)
+
+    thread = threading.Thread(target=run, name=f"warm-up-{name}", daemon=True)
+    thread.start()
+    return thread
 
 
 def as_text(values) -> list[str]:

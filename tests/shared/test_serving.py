@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 
 import httpx
@@ -281,3 +282,32 @@ def test_find_endpoint_falls_back_on_signatures_and_names_what_is_missing():
     assert serving.find_endpoint(SignaturesOnly(), "reply", "chatbot") == "the reply signature"
     with pytest.raises(ValueError, match="no `caption` endpoint; is it a captioner export"):
         serving.find_endpoint(SignaturesOnly(), "caption", "captioner")
+
+
+def test_the_model_is_warmed_up_in_the_background_and_a_failed_warm_up_is_only_printed(
+    chatbot_export, capsys
+):
+    seen = []
+
+    def warm_up(model):
+        seen.append(model)
+        chat_app.warm_up(model)  # the chatbot page's own warm-up: greedy replies
+
+    served = serving.open_export(
+        chatbot_export.run_dir, "chatbot", chat_app.TRAIN_MODULE, "reply", warm_up=warm_up
+    )
+    assert served.problem is None
+    threads = [t for t in threading.enumerate() if t.name == "warm-up-chatbot"]
+    for thread in threads:
+        thread.join(timeout=120)
+    assert seen == [served.model]
+
+    def broken(model):
+        raise RuntimeError("no XLA here")
+
+    thread = serving.start_warm_up(broken, served.model, "chatbot")
+    thread.join(timeout=10)
+    assert (
+        "chatbot: warming up the model failed: RuntimeError('no XLA here')"
+        in capsys.readouterr().out
+    )
