@@ -104,9 +104,11 @@ def test_words_are_matched_to_the_objects_their_phrase_names():
     left_cells[0] = True
     right_cells = np.zeros(16, bool)
     right_cells[[10, 11, 14, 15]] = True
-    # Every word looks at cell 0, the small red circle.
+    # Every word looks at cell 0, the small red circle, but "square" (word 11), which looks
+    # at a cell of the square: each word's own attention row is the one scored.
     attention = np.zeros((len(tokens), 16), np.float32)
     attention[:, 0] = 1.0
+    attention[11] = np.eye(16)[10]
     record = _record(
         tokens, ["large blue square", "small red circle"], [right_box, left_box], attention
     )
@@ -122,7 +124,7 @@ def test_words_are_matched_to_the_objects_their_phrase_names():
     rows = localisation.localisation_by_word([record], grid)
     by_word = {row["word"]: row for row in rows}
     assert by_word["circle"]["type"] == "shape" and by_word["circle"]["share"] == 1.0
-    assert by_word["square"]["share"] == 0.0 and by_word["square"]["chance"] == 4 / 16
+    assert by_word["square"]["share"] == 1.0 and by_word["square"]["chance"] == 4 / 16
     assert by_word["left"]["type"] == "relation" and by_word["left"]["chance"] == 5 / 16
     summary = localisation.summarise(rows, "type")
     assert summary["size"] == {"words": 2, "localisation": 0.5, "chance": 0.1562}
