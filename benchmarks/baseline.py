@@ -287,12 +287,14 @@ def main(argv=None) -> None:
         "baseline",
         args,
         rows,
-        [
-            ("label", "model", ""),
-            ("ours_loss", "ours: loss at init", ".5f"),
-            ("baseline_loss", "baseline: loss at init", ".5f"),
-            ("same_greedy_tokens", "same greedy tokens", ""),
-        ],
+        common.columns(
+            """
+            label              | model
+            ours_loss          | ours: loss at init     | .5f
+            baseline_loss      | baseline: loss at init | .5f
+            same_greedy_tokens | same greedy tokens
+            """
+        ),
     )
 
 

@@ -202,6 +202,34 @@ def machine() -> dict:
 # === Output ===
 
 
+def columns(declaration: str) -> list[tuple[str, str, str]]:
+    """A table's columns for `table` and `report`, declared one a line as `key | header | format`.
+
+    `key` names the value in each row, `header` is the column's title as printed, and `format`
+    is a `format()` spec for float values (`.1f`, `.0%`); leave it out to print values as they
+    are. Blank lines are skipped. For example:
+
+        COLUMNS = common.columns(
+            '''
+            label  | model
+            p50_ms | step ms p50 | .0f
+            '''
+        )
+
+    gives `[("label", "model", ""), ("p50_ms", "step ms p50", ".0f")]`.
+    """
+    declared = []
+    for line in declaration.splitlines():
+        if not line.strip():
+            continue
+        parts = [part.strip() for part in line.split("|")]
+        if len(parts) not in (2, 3) or not all(parts[:2]):
+            raise ValueError(f"a column is `key | header | format`, not {line.strip()!r}")
+        key, header, fmt = (*parts, "")[:3]
+        declared.append((key, header, fmt))
+    return declared
+
+
 def _cell(value, fmt: str) -> str:
     if value is None:
         return "—"

@@ -186,19 +186,21 @@ def main(argv=None) -> None:
         if "error" not in row:
             row["added_mb"] = row["peak_mb"] - row["built_mb"]
             row["coco_peak_mb"] = extrapolate(row, args.image_size)
-    columns = [
-        ("label", "pipeline", ""),
-        ("images", "images", ""),
-        ("built_mb", "RSS built (MB)", ".0f"),
-        ("peak_before_mb", "peak before (MB)", ".0f"),
-        ("peak_mb", "peak RSS (MB)", ".0f"),
-        ("end_mb", "RSS at end (MB)", ".0f"),
-        ("added_mb", "peak − built (MB)", ".0f"),
-        ("pass1_s", "pass 1 (s)", ".1f"),
-        ("pass2_s", "pass 2 (s)", ".1f"),
-        ("disk_cache_mb", "disk cache (MB)", ".0f"),
-        ("coco_peak_mb", f"COCO {COCO_TRAIN_IMAGES:,} images: peak (MB)", ".0f"),
-    ]
+    columns = common.columns(
+        f"""
+        label          | pipeline
+        images         | images
+        built_mb       | RSS built (MB)                               | .0f
+        peak_before_mb | peak before (MB)                             | .0f
+        peak_mb        | peak RSS (MB)                                | .0f
+        end_mb         | RSS at end (MB)                              | .0f
+        added_mb       | peak − built (MB)                            | .0f
+        pass1_s        | pass 1 (s)                                   | .1f
+        pass2_s        | pass 2 (s)                                   | .1f
+        disk_cache_mb  | disk cache (MB)                              | .0f
+        coco_peak_mb   | COCO {COCO_TRAIN_IMAGES:,} images: peak (MB) | .0f
+        """
+    )
     print(f"{args.images} synthetic COCO-format images at {args.image_size} px")
     results = {"images": args.images, "image_size": args.image_size, "rows": rows}
     common.report("data_memory", args, rows, columns, results)

@@ -191,16 +191,18 @@ def main(argv=None) -> None:
         NAME,
         args,
         apps,
-        [
-            ("app", "app", ""),
-            ("data", "data", ""),
-            ("train_gflop_per_step", "train GFLOP/step (analytic)", ".2f"),
-            ("step_ms_p50", "step ms p50", ".0f"),
-            ("achieved_gflops", "achieved GFLOP/s", ".1f"),
-            ("share_of_matmul_rate", "share of fp32 matmul rate", ".0%"),
-            ("baseline_forward_gflop_analytic", "baseline fwd GFLOP analytic", ".3f"),
-            ("baseline_forward_gflop_profiler", "baseline fwd GFLOP profiler", ".3f"),
-        ],
+        common.columns(
+            """
+            app                             | app
+            data                            | data
+            train_gflop_per_step            | train GFLOP/step (analytic) | .2f
+            step_ms_p50                     | step ms p50                 | .0f
+            achieved_gflops                 | achieved GFLOP/s            | .1f
+            share_of_matmul_rate            | share of fp32 matmul rate   | .0%
+            baseline_forward_gflop_analytic | baseline fwd GFLOP analytic | .3f
+            baseline_forward_gflop_profiler | baseline fwd GFLOP profiler | .3f
+            """
+        ),
         {"apps": apps, "matmul": rates},
     )
 

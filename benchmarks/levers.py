@@ -118,13 +118,15 @@ def variant_rows(group_rows: list[dict]) -> list[dict]:
     return rows
 
 
-COLUMNS = [
-    ("label", "decoder: variant", ""),
-    ("p50_ms", "step ms p50", ".0f"),
-    ("p95_ms", "step ms p95", ".0f"),
-    ("vs_ours", "speed vs bahdanau (ours) / vs every row to the end, paired", ".2f"),
-    ("loss_step0", "loss step 0", ".5f"),
-]
+COLUMNS = common.columns(
+    """
+    label      | decoder: variant
+    p50_ms     | step ms p50                                                | .0f
+    p95_ms     | step ms p95                                                | .0f
+    vs_ours    | speed vs bahdanau (ours) / vs every row to the end, paired | .2f
+    loss_step0 | loss step 0                                                | .5f
+    """
+)
 
 
 def main(argv=None) -> None:

@@ -121,15 +121,17 @@ def measure(spec: dict) -> dict:
     }
 
 
-COLUMNS = [
-    ("sweep", "sweep", ""),
-    ("value", "value", ""),
-    ("step_ms_p50", "step ms p50", ".0f"),
-    ("tokens_per_s", "target tokens/s", ".0f"),
-    ("first_step_s", "first step s", ".1f"),
-    ("rss_built_mb", "RSS built MB", ".0f"),
-    ("peak_rss_mb", "peak RSS MB", ".0f"),
-]
+COLUMNS = common.columns(
+    """
+    sweep        | sweep
+    value        | value
+    step_ms_p50  | step ms p50     | .0f
+    tokens_per_s | target tokens/s | .0f
+    first_step_s | first step s    | .1f
+    rss_built_mb | RSS built MB    | .0f
+    peak_rss_mb  | peak RSS MB     | .0f
+    """
+)
 
 
 def main(argv=None) -> None:

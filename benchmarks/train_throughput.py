@@ -225,23 +225,25 @@ def add_ratios(rows: list[dict]) -> None:
                 row[column] = row["tokens_per_s"] / base[row["data"]]
 
 
-COLUMNS = [
-    ("label", "data: implementation", ""),
-    ("tokens_per_s", "real tokens/s", ".0f"),
-    ("vs_baseline", "× baseline", ".2f"),
-    ("vs_baseline_our_batches", "× baseline, our batches", ".2f"),
-    ("target_len_mean", "mean T", ".1f"),
-    ("ms_per_step", "ms/step", ".0f"),
-    ("steps_per_pass", "steps", ""),
-    ("setup_s", "setup s", ".1f"),
-    ("warmup_s", "first pass s", ".1f"),
-    ("shapes", "batch shapes", ""),
-    ("loss_step0", "loss step 0", ".3f"),
-    ("loss_last_pass", "loss, last pass", ".3f"),
-    ("loss_after", "loss after, all examples", ".4f"),
-    ("rss_built_mb", "RSS built MB", ".0f"),
-    ("peak_rss_mb", "peak RSS MB", ".0f"),
-]
+COLUMNS = common.columns(
+    """
+    label                   | data: implementation
+    tokens_per_s            | real tokens/s            | .0f
+    vs_baseline             | × baseline               | .2f
+    vs_baseline_our_batches | × baseline, our batches  | .2f
+    target_len_mean         | mean T                   | .1f
+    ms_per_step             | ms/step                  | .0f
+    steps_per_pass          | steps
+    setup_s                 | setup s                  | .1f
+    warmup_s                | first pass s             | .1f
+    shapes                  | batch shapes
+    loss_step0              | loss step 0              | .3f
+    loss_last_pass          | loss, last pass          | .3f
+    loss_after              | loss after, all examples | .4f
+    rss_built_mb            | RSS built MB             | .0f
+    peak_rss_mb             | peak RSS MB              | .0f
+    """
+)
 
 
 def main(argv=None) -> None:

@@ -72,11 +72,12 @@ def serving_endpoints(name: str, make_endpoint) -> tuple[dict, dict]:
     """(endpoints, metadata) for an export: `name` with the search compiled by XLA when this
     TensorFlow can compile (else plain), and `name + "_portable"`, the same graph without XLA,
     for runtimes that cannot run compiled functions (TF Serving unless started with XLA
-    enabled). `make_endpoint(jit_compile)` builds one endpoint; they give the same tokens."""
+    enabled), which is also the `serving_default` signature. `make_endpoint(jit_compile)`
+    builds one endpoint; the two give the same tokens."""
     compiled = xla_available()
-    endpoints = {
-        name: make_endpoint(jit_compile=compiled),
+    endpoints = {  # the first is also `serving_default`: the one that runs everywhere
         name + PORTABLE_SUFFIX: make_endpoint(jit_compile=False),
+        name: make_endpoint(jit_compile=compiled),
     }
     metadata = {
         "endpoints": {

@@ -26,6 +26,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from shared.compiled import serving_endpoints
 from shared.files import fsync_dir, fsync_file
 
 METADATA_FILE = "glimpse.json"
@@ -133,6 +134,18 @@ def remove_abandoned_partials(export_dir: Path, now: float | None = None) -> lis
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def write_model_export(
+    export_dir: str | os.PathLike, endpoint: str, make_endpoint, model, metadata: Mapping
+) -> Path:
+    """`write_savedmodel` of `model` with `endpoint` compiled with XLA and its portable twin
+    (`shared.compiled.serving_endpoints`; `make_endpoint(jit_compile)` builds either), and
+    what they are in the metadata."""
+    endpoints, about_endpoints = serving_endpoints(endpoint, make_endpoint)
+    return write_savedmodel(
+        export_dir, endpoints, track=[model], metadata={**about_endpoints, **metadata}
+    )
 
 
 def write_savedmodel(

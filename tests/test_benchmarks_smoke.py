@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import types
 from pathlib import Path
 
@@ -89,3 +90,27 @@ def test_interleaved_timing_calls_in_turns_and_pairs_each_round(monkeypatch):
     assert stats["a"]["paired_ratio"] == 1.0
     # Rounds: b/a = 2/1, 3/2, 10/1 -> median 2.0 (ratio of medians 3.0, mean ratio 4.5).
     assert stats["b"]["paired_ratio"] == pytest.approx(2.0)
+
+
+def test_columns_declared_as_key_header_format_lines():
+    """`common.columns` reads `key | header | format` lines (the format may be left out) into
+    the (key, header, format) tuples that `common.table` prints, and refuses a malformed line."""
+    from benchmarks import common
+
+    columns = common.columns(
+        """
+        label  | decoder: variant
+        p50_ms | step ms p50 / mean | .0f
+        """
+    )
+    assert columns == [("label", "decoder: variant", ""), ("p50_ms", "step ms p50 / mean", ".0f")]
+    rows = [{"label": "ours", "p50_ms": 12.4}, {"label": "baseline"}]
+    assert common.table(rows, columns).splitlines() == [
+        "| decoder: variant | step ms p50 / mean |",
+        "|---|---|",
+        "| ours | 12 |",
+        "| baseline | — |",
+    ]
+    for malformed in ("label", "a | b | .0f | extra", " | header"):
+        with pytest.raises(ValueError, match=re.escape(repr(malformed.strip()))):
+            common.columns(malformed)

@@ -21,8 +21,7 @@ import tensorflow as tf
 from captioner import data as caption_data
 from captioner import splits as caption_splits
 from captioner.model import Captioner
-from shared.compiled import serving_endpoints
-from shared.export import MAX_SERVING_BATCH, write_savedmodel
+from shared.export import MAX_SERVING_BATCH, write_model_export
 from shared.text import Vocabulary
 from training import batching
 from training.captioner_config import CaptionerConfig
@@ -310,21 +309,18 @@ def build_model(config: CaptionerConfig, vocabulary: Vocabulary) -> Captioner:
 
 def export(model: Captioner, run_dir, config: CaptionerConfig):
     """Writes `<run_dir>/export/captioner/<version>/` with the `caption` endpoint (compiled
-    with XLA) and `caption_portable` (`shared.compiled.serving_endpoints`)."""
+    with XLA) and `caption_portable` (`shared.export.write_model_export`)."""
     size = config.image_size
 
     def decode(image_bytes):
         return caption_data.decode_image(image_bytes, size)
 
-    endpoints, about_endpoints = serving_endpoints(
-        "caption", lambda jit_compile: model.serving_function(decode, jit_compile=jit_compile)
-    )
-    return write_savedmodel(
+    return write_model_export(
         run_dir / "export" / EXPORT_NAME,
-        endpoints,
-        track=[model],
-        metadata={
-            **about_endpoints,
+        "caption",
+        lambda jit_compile: model.serving_function(decode, jit_compile=jit_compile),
+        model,
+        {
             "kind": "captioner",
             "image_size": size,
             "grid_shape": list(model.grid_shape),

@@ -16,8 +16,7 @@ import tensorflow as tf
 from chatbot.data import Pair, load_pairs, split_pairs, unique_pairs
 from chatbot.model import Seq2Seq
 from chatbot.turns import TURN_JOINER
-from shared.compiled import serving_endpoints
-from shared.export import MAX_SERVING_BATCH, write_savedmodel
+from shared.export import MAX_SERVING_BATCH, write_model_export
 from shared.text import Vocabulary
 from training import batching
 from training.chatbot_config import ChatbotConfig
@@ -117,16 +116,13 @@ def batches(pairs: list[Pair], model: Seq2Seq, batch_size: int, shuffle: bool, s
 
 def export(model: Seq2Seq, run_dir, config: ChatbotConfig):
     """Writes `<run_dir>/export/chatbot/<version>/` with the `reply` endpoint (compiled with
-    XLA) and `reply_portable` (`shared.compiled.serving_endpoints`)."""
-    endpoints, about_endpoints = serving_endpoints(
-        "reply", lambda jit_compile: model.serving_function(jit_compile=jit_compile)
-    )
-    return write_savedmodel(
+    XLA) and `reply_portable` (`shared.export.write_model_export`)."""
+    return write_model_export(
         run_dir / "export" / EXPORT_NAME,
-        endpoints,
-        track=[model],
-        metadata={
-            **about_endpoints,
+        "reply",
+        lambda jit_compile: model.serving_function(jit_compile=jit_compile),
+        model,
+        {
             "kind": "chatbot",
             "data": config.data,
             "mode": config.mode,

@@ -55,7 +55,8 @@ def test_serving_endpoints_offer_a_compiled_and_a_portable_endpoint():
         return f"endpoint(jit={jit_compile})"
 
     endpoints, metadata = serving_endpoints("reply", make_endpoint)
-    assert endpoints == {"reply": "endpoint(jit=True)", "reply_portable": "endpoint(jit=False)"}
+    assert endpoints == {"reply_portable": "endpoint(jit=False)", "reply": "endpoint(jit=True)"}
+    assert list(endpoints)[0] == "reply_portable"  # serving_default: runs everywhere
     assert set(metadata["endpoints"]) == {"reply", "reply_portable"}
     assert "XLA" in metadata["endpoints"]["reply"]
 

@@ -8,10 +8,7 @@ mistakes: a finished run directory, other settings, malformed data.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -20,53 +17,37 @@ import pytest
 import tensorflow as tf
 
 from captioner import data as caption_data
+from tests.training import helpers
 from tests.training.helpers import (
-    copy_run,
+    TINY_RUN,
+    TrainedRun,
     error_lines,
-    event_files,
+    export_request,
     export_versions,
-    help_text,
-    history_epochs,
-    mentions_flag,
+    read_json,
     run_cli,
     run_fresh_python,
     run_module,
     saved_model_cli_show,
+    train_run,
+    user_error,
 )
+from training import train_captioner
 from training.captioner_config import CaptionerConfig
-from training.common import UserError
 from training.train_captioner import EXPORT_NAME, main, train
 
 pytestmark = pytest.mark.slow
 
 TINY_SETTINGS = {
+    **TINY_RUN,
     "num_train": 64,
     "num_val": 16,
     "num_test": 16,
-    "epochs": 1,
-    "units": 16,
     "feature_dim": 16,
-    "embedding_dim": 8,
     "batch_size": 16,
-    "samples": 2,
 }
 METRIC_NAMES = ("bleu1", "bleu2", "bleu3", "bleu4", "cider_d", "object_recall")
 LOCALISATION = "attention_localisation"
-
-
-def command_line(config: CaptionerConfig) -> list[str]:
-    """The flags that make `main` build `config`."""
-    return [
-        f"--{field.name.replace('_', '-')}={getattr(config, field.name)}"
-        for field in dataclasses.fields(config)
-    ]
-
-
-@dataclass
-class TrainedRun:
-    run_dir: Path
-    config: CaptionerConfig
-    metrics: dict
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +57,7 @@ def trained(tmp_path_factory) -> TrainedRun:
     config = CaptionerConfig(
         run_dir=str(base / "run"), data_dir=str(base / "data"), **TINY_SETTINGS
     )
-    metrics = train(config)
-    return TrainedRun(Path(config.run_dir), config, metrics)
-
-
-def version_dir(run: TrainedRun, version: int = 1) -> Path:
-    return run.run_dir / "export" / EXPORT_NAME / str(version)
+    return train_run(train, config, EXPORT_NAME)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,26 +65,17 @@ def version_dir(run: TrainedRun, version: int = 1) -> Path:
 
 
 def test_run_writes_config_vocabulary_model_history_and_logs(trained):
-    run_dir = trained.run_dir
-    saved_config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    assert saved_config == dataclasses.asdict(trained.config)
-    vocabulary = json.loads((run_dir / "vocabulary.json").read_text(encoding="utf-8"))
+    helpers.check_finished_run_directory(trained)
+    vocabulary = read_json(trained.run_dir / "vocabulary.json")
     assert vocabulary  # the token list and mode, readable as JSON
-    assert (run_dir / "model.keras").stat().st_size > 0
-    assert history_epochs(run_dir) == [0]
-    assert event_files(run_dir, "train"), "no TensorBoard event file in logs/train"
-    assert event_files(run_dir, "validation"), "no TensorBoard event file in logs/validation"
-    assert not (run_dir / "backup").exists(), "a finished run keeps no resumption state"
 
 
 def test_run_writes_attention_samples(trained):
-    pictures = sorted((trained.run_dir / "samples").glob("*.png"))
-    assert len(pictures) == trained.config.samples
-    assert all(p.read_bytes().startswith(b"\x89PNG") for p in pictures)
+    helpers.check_attention_samples(trained)
 
 
 def test_metrics_json_holds_greedy_and_beam_measures(trained):
-    metrics = json.loads((trained.run_dir / "metrics.json").read_text(encoding="utf-8"))
+    metrics = read_json(trained.run_dir / "metrics.json")
     assert metrics == trained.metrics
     for search in ("greedy", f"beam{trained.config.beam_size}"):
         for name in (*METRIC_NAMES, LOCALISATION):
@@ -121,7 +88,7 @@ def test_metrics_json_holds_greedy_and_beam_measures(trained):
 
 def test_export_is_a_complete_numbered_savedmodel(trained):
     assert export_versions(trained.run_dir, EXPORT_NAME) == [1]
-    metadata = json.loads((version_dir(trained) / "glimpse.json").read_text(encoding="utf-8"))
+    metadata = read_json(trained.version_dir() / "glimpse.json")
     assert metadata["kind"] == "captioner"
     assert metadata["image_size"] == trained.config.image_size
     assert len(metadata["grid_shape"]) == 2
@@ -212,20 +179,15 @@ def images(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def served(trained, images, tmp_path_factory) -> dict:
     """What the fresh process found."""
-    request = {
-        "export": str(version_dir(trained)),
-        "images": [str(images["png"]), str(images["jpeg"])],
-        "bad_images": {
-            name: str(images[name]) for name in ("not_an_image", "zero_bytes", "truncated_png")
-        },
-        "project_packages": ["captioner", "chatbot", "shared", "training"],
-    }
+    good = [str(images["png"]), str(images["jpeg"])]
+    bad = {name: str(images[name]) for name in ("not_an_image", "zero_bytes", "truncated_png")}
+    request = export_request(trained, images=good, bad_images=bad)
     return run_fresh_python(FRESH_CAPTIONER, request, tmp_path_factory.mktemp("fresh"))
 
 
 def test_export_loads_without_project_code(served):
     assert served["project_modules"] == []
-    assert "caption" in served["signatures"]
+    assert {"caption", "caption_portable"} <= set(served["signatures"])
     assert "serving_default" in served["signatures"]
 
 
@@ -248,14 +210,15 @@ def test_export_captions_as_the_keras_model_does(served, trained, images):
         ]
     )
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None, size, size, 3], tf.uint8),
-            tf.TensorSpec([], tf.int32),
-        ]
+    # As the export's `caption` signature calls the model: any batch of images, a beam size.
+    images_and_beam_size = [
+        tf.TensorSpec([None, size, size, 3], tf.uint8),
+        tf.TensorSpec([], tf.int32),
+    ]
+    caption = tf.function(
+        lambda batch, beam_size: model.caption_images(batch, beam_size=beam_size),
+        input_signature=images_and_beam_size,
     )
-    def caption(batch, beam_size):
-        return model.caption_images(batch, beam_size=beam_size)
 
     for search, beam_size in (("greedy", 1), ("beam3", 3)):
         expected = caption(pictures, tf.constant(beam_size))
@@ -280,7 +243,7 @@ def test_export_answers_an_empty_batch_with_no_captions(served, trained):
 
 
 def test_saved_model_cli_lists_the_caption_signature(trained):
-    listing = saved_model_cli_show(version_dir(trained))
+    listing = saved_model_cli_show(trained.version_dir())
     assert "signature_def['caption']" in listing
     assert "signature_def['serving_default']" in listing
     assert "inputs['image_bytes']" in listing
@@ -291,41 +254,10 @@ def test_saved_model_cli_lists_the_caption_signature(trained):
 # Run-directory safety
 
 
-def test_training_again_into_a_finished_run_is_refused(trained):
-    model_file = trained.run_dir / "model.keras"
-    modified = model_file.stat().st_mtime_ns
-    code, stderr = run_cli(main, command_line(trained.config))
-    assert code == 2
-    [message] = error_lines(stderr)
-    assert "already holds a trained model" in message
-    assert "--overwrite" in message
-    assert model_file.stat().st_mtime_ns == modified
-    assert export_versions(trained.run_dir, EXPORT_NAME) == [1]
-
-
-def test_a_run_directory_with_other_settings_is_refused(trained, tmp_path):
-    run_dir = tmp_path / "run"
-    interrupted = dataclasses.replace(trained.config, run_dir=str(run_dir))
-    train_config = dataclasses.replace(interrupted, units=trained.config.units * 2)
-    run_dir.mkdir()
-    (run_dir / "config.json").write_text(
-        json.dumps(dataclasses.asdict(interrupted)), encoding="utf-8"
-    )
-    before = (run_dir / "config.json").read_text(encoding="utf-8")
-    with pytest.raises(UserError, match="other settings"):
-        train(train_config)
-    assert (run_dir / "config.json").read_text(encoding="utf-8") == before
-
-
-def test_overwrite_trains_again_and_adds_export_version_2(trained, tmp_path):
-    run_dir = copy_run(trained.run_dir, tmp_path / "run")
-    config = dataclasses.replace(trained.config, run_dir=str(run_dir))
-    old_model = (run_dir / "model.keras").stat().st_mtime_ns
-    code, stderr = run_cli(main, [*command_line(config), "--overwrite", "--no-evaluate"])
-    assert code == 0, stderr
-    assert export_versions(run_dir, EXPORT_NAME) == [1, 2]
-    assert (run_dir / "model.keras").stat().st_mtime_ns != old_model, "model.keras not rewritten"
-    assert history_epochs(run_dir) == [0], "the old run's history is not continued"
+@pytest.mark.parametrize("check", helpers.RUN_DIRECTORY_CHECKS)
+def test_run_directory_safety(check, trained, tmp_path):
+    """A finished run is refused, and so is a run of other settings; `--overwrite` trains anew."""
+    check(train_captioner, trained, tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,12 +265,7 @@ def test_overwrite_trains_again_and_adds_export_version_2(trained, tmp_path):
 
 
 def test_help_lists_every_setting():
-    text = help_text(main)
-    for field in dataclasses.fields(CaptionerConfig):
-        flag = "--" + field.name.replace("_", "-")
-        assert mentions_flag(text, flag), f"--help does not mention {flag}"
-    assert mentions_flag(text, "--overwrite")
-    assert mentions_flag(text, "--no-evaluate")
+    helpers.check_help_lists_every_setting(main, CaptionerConfig)
 
 
 def test_malformed_coco_json_exits_2_naming_file_and_line(tmp_path):
@@ -386,9 +313,7 @@ def test_data_error_advice_is_something_the_command_line_offers(tmp_path):
     token_file.write_text("this line has no tab\n", encoding="utf-8")
     (tmp_path / "images").mkdir()
     argv = ["--data", f"flickr8k:{token_file}:{tmp_path / 'images'}"]
-    code, stderr = run_cli(main, [*argv, "--run-dir", str(tmp_path / "run")])
-    assert code == 2
-    [message] = error_lines(stderr)
+    message = user_error(main, [*argv, "--run-dir", str(tmp_path / "run")])
     # The message may only suggest remedies a command-line user can apply.
     assert "skip_malformed=True" not in message, message
     assert "--on-error skip" in message, message

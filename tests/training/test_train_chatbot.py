@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -25,37 +24,39 @@ import pytest
 import tensorflow as tf
 
 from tests.serving_helpers import call_reply
+from tests.training import helpers
 from tests.training.helpers import (
     REPO_ROOT,
+    TINY_RUN,
+    TrainedRun,
+    command_line,
     copy_run,
     error_lines,
-    event_files,
+    export_request,
     export_versions,
-    help_text,
     history_column,
     history_epochs,
-    mentions_flag,
+    read_json,
     run_cli,
     run_fresh_python,
     run_module,
     saved_model_cli_show,
     subprocess_env,
+    train_run,
+    user_error,
 )
+from training import train_chatbot
 from training.chatbot_config import ChatbotConfig
-from training.common import UserError
 from training.evaluate_chatbot import UNSEEN_PROMPTS
 from training.train_chatbot import EXPORT_NAME, main, train
 
 pytestmark = pytest.mark.slow
 
 TINY_SETTINGS = {
+    **TINY_RUN,
     "data": "reverse:num=200,max_len=6",
     "holdout": 0.1,
-    "epochs": 1,
-    "units": 16,
     "encoder_units": 8,
-    "embedding_dim": 8,
-    "samples": 2,
 }
 BLEU_NAMES = ("bleu1", "bleu2", "bleu3", "bleu4", "exact_match", "distinct_replies")
 PROMPTS = ["c f a h", "b b", "t s r q p", "a"]  # sentences of the reverse task's words a..t
@@ -70,32 +71,11 @@ ODD_INPUTS = {
 SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 7}
 
 
-def command_line(config: ChatbotConfig) -> list[str]:
-    """The flags that make `main` build `config`."""
-    return [
-        f"--{field.name.replace('_', '-')}={getattr(config, field.name)}"
-        for field in dataclasses.fields(config)
-    ]
-
-
-@dataclass
-class TrainedRun:
-    run_dir: Path
-    config: ChatbotConfig
-    metrics: dict
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> TrainedRun:
     """One tiny chatbot, trained, evaluated and exported in this process."""
     run_dir = tmp_path_factory.mktemp("chatbot") / "run"
-    config = ChatbotConfig(run_dir=str(run_dir), **TINY_SETTINGS)
-    metrics = train(config)
-    return TrainedRun(run_dir, config, metrics)
-
-
-def version_dir(run: TrainedRun, version: int = 1) -> Path:
-    return run.run_dir / "export" / EXPORT_NAME / str(version)
+    return train_run(train, ChatbotConfig(run_dir=str(run_dir), **TINY_SETTINGS), EXPORT_NAME)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,27 +83,18 @@ def version_dir(run: TrainedRun, version: int = 1) -> Path:
 
 
 def test_run_writes_config_vocabularies_model_history_and_logs(trained):
-    run_dir = trained.run_dir
-    saved_config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    assert saved_config == dataclasses.asdict(trained.config)
+    helpers.check_finished_run_directory(trained)
     for side in ("source", "target"):
-        vocabulary = json.loads((run_dir / f"{side}_vocabulary.json").read_text("utf-8"))
+        vocabulary = read_json(trained.run_dir / f"{side}_vocabulary.json")
         assert vocabulary, side
-    assert (run_dir / "model.keras").stat().st_size > 0
-    assert history_epochs(run_dir) == [0]
-    assert event_files(run_dir, "train"), "no TensorBoard event file in logs/train"
-    assert event_files(run_dir, "validation"), "no TensorBoard event file in logs/validation"
-    assert not (run_dir / "backup").exists(), "a finished run keeps no resumption state"
 
 
 def test_run_writes_attention_samples(trained):
-    pictures = sorted((trained.run_dir / "samples").glob("*.png"))
-    assert len(pictures) == trained.config.samples, "one heatmap per sample, even empty replies"
-    assert all(p.read_bytes().startswith(b"\x89PNG") for p in pictures)
+    helpers.check_attention_samples(trained)  # one heatmap per sample, even for an empty reply
 
 
 def test_metrics_json_holds_corpus_held_out_and_unseen_measures(trained):
-    metrics = json.loads((trained.run_dir / "metrics.json").read_text(encoding="utf-8"))
+    metrics = read_json(trained.run_dir / "metrics.json")
     assert metrics == trained.metrics
     corpus = metrics["corpus"]
     assert 0 <= corpus["corpus_recall"] <= 1
@@ -140,7 +111,7 @@ def test_metrics_json_holds_corpus_held_out_and_unseen_measures(trained):
 
 def test_export_is_a_complete_numbered_savedmodel(trained):
     assert export_versions(trained.run_dir, EXPORT_NAME) == [1]
-    metadata = json.loads((version_dir(trained) / "glimpse.json").read_text(encoding="utf-8"))
+    metadata = read_json(trained.version_dir() / "glimpse.json")
     assert metadata["kind"] == "chatbot"
     assert metadata["data"] == trained.config.data
     assert metadata["context_turns"] == trained.config.context_turns == 1
@@ -202,19 +173,13 @@ FRESH_CHATBOT = textwrap.dedent(
 @pytest.fixture(scope="module")
 def served(trained, tmp_path_factory) -> dict:
     """What the fresh process found."""
-    request = {
-        "export": str(version_dir(trained)),
-        "prompts": PROMPTS,
-        "sampling": SAMPLING,
-        "odd": ODD_INPUTS,
-        "project_packages": ["captioner", "chatbot", "shared", "training"],
-    }
+    request = export_request(trained, prompts=PROMPTS, sampling=SAMPLING, odd=ODD_INPUTS)
     return run_fresh_python(FRESH_CHATBOT, request, tmp_path_factory.mktemp("fresh"))
 
 
 def test_export_loads_without_project_code(served):
     assert served["project_modules"] == []
-    assert "reply" in served["signatures"]
+    assert {"reply", "reply_portable"} <= set(served["signatures"])
     assert "serving_default" in served["signatures"]
 
 
@@ -277,7 +242,7 @@ def test_export_answers_an_empty_batch_with_no_replies(served):
 
 
 def test_saved_model_cli_lists_the_reply_signature(trained):
-    listing = saved_model_cli_show(version_dir(trained))
+    listing = saved_model_cli_show(trained.version_dir())
     assert "signature_def['reply']" in listing
     assert "signature_def['serving_default']" in listing
     for name in ("text", "beam_size", "temperature", "top_k", "top_p", "seed"):
@@ -288,40 +253,10 @@ def test_saved_model_cli_lists_the_reply_signature(trained):
 # Run-directory safety
 
 
-def test_training_again_into_a_finished_run_is_refused(trained):
-    model_file = trained.run_dir / "model.keras"
-    modified = model_file.stat().st_mtime_ns
-    code, stderr = run_cli(main, command_line(trained.config))
-    assert code == 2
-    [message] = error_lines(stderr)
-    assert "already holds a trained model" in message
-    assert "--overwrite" in message
-    assert model_file.stat().st_mtime_ns == modified
-    assert export_versions(trained.run_dir, EXPORT_NAME) == [1]
-
-
-def test_a_run_directory_with_other_settings_is_refused(trained, tmp_path):
-    run_dir = tmp_path / "run"
-    interrupted = dataclasses.replace(trained.config, run_dir=str(run_dir))
-    run_dir.mkdir()
-    (run_dir / "config.json").write_text(
-        json.dumps(dataclasses.asdict(interrupted)), encoding="utf-8"
-    )
-    before = (run_dir / "config.json").read_text(encoding="utf-8")
-    with pytest.raises(UserError, match="other settings"):
-        train(dataclasses.replace(interrupted, units=trained.config.units * 2))
-    assert (run_dir / "config.json").read_text(encoding="utf-8") == before
-
-
-def test_overwrite_trains_again_and_adds_export_version_2(trained, tmp_path):
-    run_dir = copy_run(trained.run_dir, tmp_path / "run")
-    config = dataclasses.replace(trained.config, run_dir=str(run_dir))
-    old_model = (run_dir / "model.keras").stat().st_mtime_ns
-    code, stderr = run_cli(main, [*command_line(config), "--overwrite", "--no-evaluate"])
-    assert code == 0, stderr
-    assert export_versions(run_dir, EXPORT_NAME) == [1, 2]
-    assert (run_dir / "model.keras").stat().st_mtime_ns != old_model, "model.keras not rewritten"
-    assert history_epochs(run_dir) == [0], "the old run's history is not continued"
+@pytest.mark.parametrize("check", helpers.RUN_DIRECTORY_CHECKS)
+def test_run_directory_safety(check, trained, tmp_path):
+    """A finished run is refused, and so is a run of other settings; `--overwrite` trains anew."""
+    check(train_chatbot, trained, tmp_path)
 
 
 def test_restart_after_training_finished_but_before_export_does_not_train_from_scratch(
@@ -335,6 +270,12 @@ def test_restart_after_training_finished_but_before_export_does_not_train_from_s
     assert code == 0, stderr
     assert export_versions(run_dir, EXPORT_NAME) == [1]
     assert history_epochs(run_dir) == [0], "training started again from epoch 0"
+    # The export holds the trained weights (reloaded from trained.weights.h5), not the fresh
+    # ones the restarted script built: it scores every reply as the first export does.
+    first = call_reply(tf.saved_model.load(str(trained.version_dir())), PROMPTS)
+    again = call_reply(tf.saved_model.load(str(run_dir / "export" / EXPORT_NAME / "1")), PROMPTS)
+    assert again["reply"].numpy().tolist() == first["reply"].numpy().tolist()
+    np.testing.assert_allclose(again["score"], first["score"], rtol=1e-5)
 
 
 def test_fixing_a_wrong_data_path_is_not_refused(tmp_path):
@@ -365,12 +306,7 @@ def test_the_same_run_directory_spelled_differently_is_the_same_run(tmp_path):
 
 
 def test_help_lists_every_setting():
-    text = help_text(main)
-    for field in dataclasses.fields(ChatbotConfig):
-        flag = "--" + field.name.replace("_", "-")
-        assert mentions_flag(text, flag), f"--help does not mention {flag}"
-    assert mentions_flag(text, "--overwrite")
-    assert mentions_flag(text, "--no-evaluate")
+    helpers.check_help_lists_every_setting(main, ChatbotConfig)
 
 
 def write_tsv_with_a_malformed_line(path: Path) -> Path:
@@ -392,9 +328,7 @@ def test_malformed_tsv_exits_2_naming_file_and_line(tmp_path):
 
 def test_data_error_advice_is_something_the_command_line_offers(tmp_path):
     tsv = write_tsv_with_a_malformed_line(tmp_path / "pairs.tsv")
-    code, stderr = run_cli(main, ["--data", f"tsv:{tsv}", "--run-dir", str(tmp_path / "run")])
-    assert code == 2
-    [message] = error_lines(stderr)
+    message = user_error(main, ["--data", f"tsv:{tsv}", "--run-dir", str(tmp_path / "run")])
     # The message may only suggest remedies a command-line user can apply.
     assert "on_error=" not in message, message
     assert "--on-error skip" in message, message
@@ -638,7 +572,7 @@ def test_mixed_bfloat16_trains_and_exports_a_servable_model(trained, tmp_path):
 
     export = tf.saved_model.load(str(tmp_path / "run" / "export" / EXPORT_NAME / "1"))
     assert bfloat16_ops(export) > 0
-    assert bfloat16_ops(tf.saved_model.load(str(version_dir(trained)))) == 0
+    assert bfloat16_ops(tf.saved_model.load(str(trained.version_dir()))) == 0
     for beam_size in (1, 3):
         outputs = export.reply(
             text=tf.constant(PROMPTS),
