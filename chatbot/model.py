@@ -182,10 +182,15 @@ class Seq2Seq(keras.Model):
             self.build({"source": (None, None), "decoder_inputs": (None, None)})
         source_ids = cut_to_bucket(self.source_text(texts), PAD_ID)
         result = compiled_search(self.reply_ids, jit_compile)(source_ids, **search_settings)
+        # The attention covers the prompt's length bucket; padded back to max_source_length,
+        # so the output's shape does not depend on the prompt.
+        missing = self.max_source_length - tf.shape(result.weights)[2]
+        attention = tf.pad(result.weights, [[0, 0], [0, 0], [0, missing]])
+        attention.set_shape([None, self.max_target_length, self.max_source_length])
         return {
             "reply": self.target_text.decode(result.tokens),
             "score": result.scores,
-            "attention": result.weights,
+            "attention": attention,
             "reply_tokens": self.target_text.ids_to_tokens(result.tokens).to_tensor(
                 default_value=""
             ),
