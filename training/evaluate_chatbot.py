@@ -1,13 +1,16 @@
 """Evaluate a trained chatbot: does it know its corpus, and what does it say to the unseen?
 
     python -m training.evaluate_chatbot --run-dir runs/chatbot
+    python -m training.evaluate_chatbot --run-dir runs/heldout --heldout   # --holdout 0.1 run
 
 - corpus recall: the share of distinct training prompts whose greedy reply is one of their
   reference replies (compared after the tokenizer's standardization);
 - on held-out prompts (`--holdout` > 0 at training): BLEU against all references of a prompt,
   greedy and beam, perplexity, exact-sequence accuracy (the synthetic tasks' measure), and the
   number of distinct replies and distinct-1/-2 (generic-reply collapse shows as few);
-- unseen prompts: replies to a fixed list of sentences that are in no corpus.
+- unseen prompts: replies to a fixed list of sentences that are in no corpus;
+- with `--heldout`: the model against the retrieval baseline on the held-out prompts, by topic
+  accuracy, distinct replies, BLEU-4 and copies (`generalisation`).
 
 Writes `metrics.json` and attention heatmaps of sample replies to `samples/`.
 """
@@ -21,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from chatbot import retrieval
 from chatbot.data import Pair, references_by_prompt
 from chatbot.model import Seq2Seq
 from shared import config as config_io
@@ -132,6 +136,78 @@ def evaluate(model, config: ChatbotConfig, run_dir: Path, train_pairs, test_pair
     return results
 
 
+def generalisation(model, config: ChatbotConfig, train_pairs, test_pairs) -> dict:
+    """The held-out prompts answered by the model (greedy and beam) and by the retrieval
+    baseline (`chatbot.retrieval.RetrievalBot` on the same training pairs), measured alike:
+
+    - topic accuracy: the share of held-out prompts whose reply takes the prompt's topic
+      (`chatbot.retrieval.ReplyTopics`: the topic of the corpus reply with the most word
+      overlap, Jaccard >= `TOPIC_THRESHOLD`, else "none");
+    - distinct replies, distinct-1 and distinct-2 over all replies;
+    - BLEU-4 against all references of each prompt;
+    - copies: the share of replies that are, word for word, a training reply;
+    - empty or unknown: the share of replies that are empty or mostly [UNK].
+    Every text is compared after the model's standardization.
+    """
+    references = references_by_prompt(test_pairs)
+    prompts = list(references)
+    topic_of_prompt = {}
+    for pair in test_pairs:
+        topic_of_prompt.setdefault(pair.prompt, retrieval.topic_of(pair))
+    reply_topic = retrieval.ReplyTopics(train_pairs + test_pairs)
+    refs = [normalized(model, references[p]) for p in prompts]
+    training_replies = set(normalized(model, sorted({p.reply for p in train_pairs})))
+    bot = retrieval.RetrievalBot(train_pairs)
+    systems = {
+        "seq2seq, greedy": [r["reply"] for r in reply_all(model, prompts)],
+        f"seq2seq, beam {config.beam_size}": [
+            r["reply"] for r in reply_all(model, prompts, config.beam_size)
+        ],
+        "retrieval (TF-IDF)": normalized(model, [bot.reply(p) for p in prompts]),
+    }
+    characters = config.mode == "char"
+    results = {"prompts": len(prompts), "topic_threshold": retrieval.TOPIC_THRESHOLD}
+    for name, replies in systems.items():
+        on_topic = [reply_topic(r) == topic_of_prompt[p] for p, r in zip(prompts, replies)]
+        results[name] = {
+            "topic_accuracy": round(float(np.mean(on_topic)), 4),
+            "distinct_replies": distinct_count(replies),
+            "distinct_1": round(distinct_n(replies, 1, characters), 4),
+            "distinct_2": round(distinct_n(replies, 2, characters), 4),
+            "bleu4": round(corpus_bleu(replies, refs)["bleu4"], 3),
+            "copies": round(float(np.mean([r in training_replies for r in replies])), 4),
+            "empty_or_unknown": round(float(np.mean([_empty_or_unknown(r) for r in replies])), 4),
+        }
+    return results
+
+
+def _empty_or_unknown(reply: str) -> bool:
+    tokens = reply.split()
+    return not tokens or sum(t == "[UNK]" for t in tokens) * 2 > len(tokens)
+
+
+GENERALISATION_COLUMNS = (
+    ("topic_accuracy", "topic accuracy", ".1%"),
+    ("distinct_replies", "distinct replies", "d"),
+    ("distinct_1", "distinct-1", ".3f"),
+    ("distinct_2", "distinct-2", ".3f"),
+    ("bleu4", "BLEU-4", ".2f"),
+    ("copies", "copies of a training reply", ".1%"),
+    ("empty_or_unknown", "empty or [UNK]", ".1%"),
+)
+
+
+def generalisation_table(results: dict) -> str:
+    """`generalisation`'s results as a Markdown table, a system a row."""
+    header = "| system | " + " | ".join(title for _, title, _ in GENERALISATION_COLUMNS) + " |"
+    lines = [header, "|---" * (len(GENERALISATION_COLUMNS) + 1) + "|"]
+    for name, row in results.items():
+        if isinstance(row, dict):
+            cells = [format(row[key], fmt) for key, _, fmt in GENERALISATION_COLUMNS]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_samples(outputs, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for i, output in enumerate(outputs):
@@ -150,6 +226,12 @@ def main(argv=None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--run-dir", default="runs/chatbot", help="the run to evaluate")
+    parser.add_argument(
+        "--heldout",
+        action="store_true",
+        help="only compare the model with the retrieval baseline on the held-out prompts "
+        "(a run trained with --holdout above 0); writes generalisation.json",
+    )
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     if not (run_dir / "model.keras").is_file():
@@ -159,6 +241,17 @@ def main(argv=None) -> None:
     config = config_io.load(ChatbotConfig, run_dir / "config.json")
     model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
     train_pairs, _, test_pairs = load_splits(config)
+    if args.heldout:
+        if not test_pairs:
+            raise UserError(
+                f"{run_dir} trained on every prompt (--holdout 0): there are no held-out "
+                "prompts; train with --holdout 0.1 to measure generalisation."
+            )
+        results = generalisation(model, config, train_pairs, test_pairs)
+        print(f"{results['prompts']} held-out prompts")
+        print(generalisation_table(results))
+        write_json(run_dir / "generalisation.json", results)
+        return
     evaluate(model, config, run_dir, train_pairs, test_pairs)
 
 

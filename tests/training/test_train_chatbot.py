@@ -45,7 +45,7 @@ from tests.training.helpers import (
     train_run,
     user_error,
 )
-from training import train_chatbot
+from training import chatbot_pipeline, evaluate_chatbot, train_chatbot
 from training.chatbot_config import ChatbotConfig
 from training.evaluate_chatbot import UNSEEN_PROMPTS
 from training.train_chatbot import EXPORT_NAME, main, train
@@ -606,3 +606,30 @@ def test_attention_none_alone_trains_and_exports_with_the_decoders_default_place
     assert export_versions(run_dir, EXPORT_NAME) == [1]
     saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     assert (saved["attention"], saved["placement"]) == ("none", "init_state")
+
+
+def test_heldout_prompts_are_answered_by_the_model_and_the_retrieval_baseline(trained, tmp_path):
+    run_dir = copy_run(trained.run_dir, tmp_path / "run")
+    code, stderr = run_cli(evaluate_chatbot.main, ["--run-dir", str(run_dir), "--heldout"])
+    assert code == 0, stderr
+    results = read_json(run_dir / "generalisation.json")
+    held_out = {pair.prompt for pair in chatbot_pipeline.load_splits(trained.config)[2]}
+    assert results["prompts"] == len(held_out) > 0
+    systems = [key for key, value in results.items() if isinstance(value, dict)]
+    assert systems == ["seq2seq, greedy", "seq2seq, beam 3", "retrieval (TF-IDF)"]
+    retrieved = results["retrieval (TF-IDF)"]
+    assert retrieved["copies"] == 1.0  # every retrieved reply is a training reply
+    assert retrieved["empty_or_unknown"] == 0.0
+    for row in results.values():
+        if isinstance(row, dict):
+            assert 0.0 <= row["topic_accuracy"] <= 1.0
+            assert 1 <= row["distinct_replies"] <= len(held_out)
+
+
+def test_heldout_comparison_of_a_run_without_held_out_prompts_is_refused(trained, tmp_path):
+    run_dir = copy_run(trained.run_dir, tmp_path / "run")
+    config = read_json(run_dir / "config.json")
+    (run_dir / "config.json").write_text(json.dumps({**config, "holdout": 0.0}), encoding="utf-8")
+    code, stderr = run_cli(evaluate_chatbot.main, ["--run-dir", str(run_dir), "--heldout"])
+    assert code == 2
+    assert "--holdout 0.1" in error_lines(stderr)[0]
