@@ -21,9 +21,11 @@ from chatbot.data import Pair
 WORD = re.compile(r"\w+")
 
 
-def words(text: str) -> list[str]:
-    """Lowercased word tokens: letters, digits and underscores; punctuation dropped."""
-    return WORD.findall(text.lower())
+def words(text: str, mode: str = "word") -> list[str]:
+    """Lowercased word tokens (letters, digits, underscores; punctuation dropped), or with
+    `mode="char"` (unsegmented Chinese, Japanese) the characters of those tokens."""
+    tokens = WORD.findall(text.lower())
+    return [c for token in tokens for c in token] if mode == "char" else tokens
 
 
 def topic_of(pair: Pair) -> str:
@@ -36,10 +38,11 @@ class TfidfIndex:
     index of the most cosine-similar text (the first one on ties; 0 for a query of no known
     word)."""
 
-    def __init__(self, texts: list[str]):
+    def __init__(self, texts: list[str], mode: str = "word"):
         if not texts:
             raise ValueError("TfidfIndex needs at least one text.")
-        tokenized = [words(text) for text in texts]
+        self.mode = mode
+        tokenized = [words(text, mode) for text in texts]
         self.vocabulary = {w: i for i, w in enumerate(sorted({w for ws in tokenized for w in ws}))}
         document_frequency = Counter(w for ws in tokenized for w in set(ws))
         count = len(texts)
@@ -61,19 +64,19 @@ class TfidfIndex:
         return vector / norm if norm > 0 else vector
 
     def nearest(self, query: str) -> int:
-        return int(np.argmax(self.matrix @ self._vector(words(query))))
+        return int(np.argmax(self.matrix @ self._vector(words(query, self.mode))))
 
 
 class RetrievalBot:
     """Replies with the first training reply of the nearest training prompt."""
 
-    def __init__(self, train_pairs: list[Pair]):
+    def __init__(self, train_pairs: list[Pair], mode: str = "word"):
         replies: dict[str, str] = {}
         for pair in train_pairs:
             replies.setdefault(pair.prompt, pair.reply)
         self.prompts = list(replies)
         self.replies = [replies[p] for p in self.prompts]
-        self.index = TfidfIndex(self.prompts)
+        self.index = TfidfIndex(self.prompts, mode)
 
     def reply(self, prompt: str) -> str:
         return self.replies[self.index.nearest(prompt)]
@@ -95,12 +98,13 @@ class ReplyTopics:
     most (Jaccard; the first in corpus order on ties), or "none" when the best overlap is below
     `threshold`."""
 
-    def __init__(self, corpus: list[Pair], threshold: float = TOPIC_THRESHOLD):
-        self.entries = [(set(words(pair.reply)), topic_of(pair)) for pair in corpus]
+    def __init__(self, corpus: list[Pair], threshold: float = TOPIC_THRESHOLD, mode="word"):
+        self.mode = mode
+        self.entries = [(set(words(pair.reply, mode)), topic_of(pair)) for pair in corpus]
         self.threshold = threshold
 
     def __call__(self, reply: str) -> str:
-        reply_words = set(words(reply))
+        reply_words = set(words(reply, self.mode))
         best, best_topic = 0.0, "none"
         for corpus_words, topic in self.entries:
             score = overlap(reply_words, corpus_words)

@@ -50,6 +50,9 @@ def compiled_search(search_fn, jit_compile: bool = True):
     comes back cut to the real rows. The padded rows are zeros (padding ids, black pictures)
     and change nothing in the real rows: each row is searched on its own. With `jit_compile`
     False, `search_fn` itself.
+
+    Call it while tracing (an endpoint's `tf.function`): each call makes a new compiled
+    function, so a call from eager code compiles again every time.
     """
     if not jit_compile:
         return search_fn

@@ -125,8 +125,9 @@ def sample(
     `temperature` divides the logits (below 1 sharper, above 1 flatter); `top_k` > 0 keeps the k
     most likely tokens; `top_p` < 1 keeps the smallest set whose probability reaches p (nucleus
     sampling). `top_k=1` is greedy search. The knobs may be tensors (serving inputs). Sampling
-    is stateless and reproducible: the same seed gives the same sequences. Scores are the
-    model's own log-probabilities of the drawn tokens.
+    is stateless and reproducible: the same seed gives the same sequence for a prompt at the
+    same row of the batch (the noise depends on the row). Scores are the model's own
+    log-probabilities of the drawn tokens.
     """
     temperature = tf.maximum(tf.cast(temperature, tf.float32), 1e-6)
     top_k = tf.cast(top_k, tf.int32)

@@ -176,7 +176,11 @@ def open_export(
 
 
 def start_warm_up(warm_up: Callable[[Any], Any], model, name: str) -> threading.Thread:
-    """Runs `warm_up(model)` in a daemon thread; returns the thread."""
+    """Runs `warm_up(model)` in a background thread; returns the thread.
+
+    Not a daemon thread: one still compiling when the interpreter shuts down can crash it
+    (TensorFlow's compiler is torn down under it), so an exit waits for the warm-up instead.
+    """
 
     def run():
         try:
@@ -184,7 +188,7 @@ def start_warm_up(warm_up: Callable[[Any], Any], model, name: str) -> threading.
         except Exception as error:  # printed for the operator; the page keeps working
             print(f"{name}: warming up the model failed: {error!r}", flush=True)
 
-    thread = threading.Thread(target=run, name=f"warm-up-{name}", daemon=True)
+    thread = threading.Thread(target=run, name=f"warm-up-{name}", daemon=False)
     thread.start()
     return thread
 

@@ -114,9 +114,16 @@ STALE_ON_OVERWRITE = (
 )
 
 
-# Settings that say where and on what a run is computed, or where its decoded images are kept,
-# not what it computes: a run may resume under other values.
-NOT_DEFINING_A_RUN = ("run_dir", "strategy", "devices", "cache_images", "cache_memory_gib")
+# Settings that say where, on what or how a run is computed, or where its decoded images are
+# kept, not what it computes: a run may resume under other values.
+NOT_DEFINING_A_RUN = (
+    "run_dir",
+    "strategy",
+    "devices",
+    "cache_images",
+    "cache_memory_gib",
+    "jit_compile",  # how the steps are compiled, not what they compute
+)
 
 
 def _comparable(settings: dict) -> dict:

@@ -18,6 +18,7 @@ Writes `metrics.json` and attention heatmaps of sample replies to `samples/`.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import keras
@@ -154,10 +155,10 @@ def generalisation(model, config: ChatbotConfig, train_pairs, test_pairs) -> dic
     topic_of_prompt = {}
     for pair in test_pairs:
         topic_of_prompt.setdefault(pair.prompt, retrieval.topic_of(pair))
-    reply_topic = retrieval.ReplyTopics(train_pairs + test_pairs)
+    reply_topic = retrieval.ReplyTopics(train_pairs + test_pairs, mode=config.mode)
     refs = [normalized(model, references[p]) for p in prompts]
     training_replies = set(normalized(model, sorted({p.reply for p in train_pairs})))
-    bot = retrieval.RetrievalBot(train_pairs)
+    bot = retrieval.RetrievalBot(train_pairs, config.mode)
     systems = {
         "seq2seq, greedy": [r["reply"] for r in reply_all(model, prompts)],
         f"seq2seq, beam {config.beam_size}": [
@@ -176,13 +177,17 @@ def generalisation(model, config: ChatbotConfig, train_pairs, test_pairs) -> dic
             "distinct_2": round(distinct_n(replies, 2, characters), 4),
             "bleu4": round(corpus_bleu(replies, refs)["bleu4"], 3),
             "copies": round(float(np.mean([r in training_replies for r in replies])), 4),
-            "empty_or_unknown": round(float(np.mean([_empty_or_unknown(r) for r in replies])), 4),
+            "empty_or_unknown": round(
+                float(np.mean([_empty_or_unknown(r, characters) for r in replies])), 4
+            ),
         }
     return results
 
 
-def _empty_or_unknown(reply: str) -> bool:
-    tokens = reply.split()
+def _empty_or_unknown(reply: str, characters: bool) -> bool:
+    """Empty, or more than half [UNK]: tokens are the words, or with `characters` the
+    characters (an [UNK] counts as one)."""
+    tokens = re.findall(r"\[UNK\]|\S", reply) if characters else reply.split()
     return not tokens or sum(t == "[UNK]" for t in tokens) * 2 > len(tokens)
 
 

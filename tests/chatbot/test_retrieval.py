@@ -60,3 +60,14 @@ def test_a_reply_takes_the_topic_of_the_corpus_reply_it_overlaps_most():
 def test_overlap_is_jaccard():
     assert overlap({"a", "b"}, {"b", "c"}) == pytest.approx(1 / 3)
     assert overlap(set(), set()) == 0.0
+
+
+def test_character_mode_compares_characters():
+    assert words("你好，今天天气", mode="char") == ["你", "好", "今", "天", "天", "气"]
+    chinese = [
+        Pair("你好", "你好！", "/corpus/chinese/greetings.yml:1"),
+        Pair("天气怎么样", "今天天气很好。", "/corpus/chinese/weather.yml:1"),
+    ]
+    assert RetrievalBot(chinese, mode="char").reply("今天天气") == "今天天气很好。"
+    assert ReplyTopics(chinese, mode="char")("天气很好") == "weather"
+    assert ReplyTopics(chinese)("天气很好") == "none"  # as one word, it matches nothing

@@ -306,6 +306,8 @@ def test_the_model_is_warmed_up_in_the_background_and_a_failed_warm_up_is_only_p
         raise RuntimeError("no XLA here")
 
     thread = serving.start_warm_up(broken, served.model, "chatbot")
+    # Not a daemon: a warm-up still compiling when the interpreter shuts down can crash it.
+    assert not thread.daemon
     thread.join(timeout=10)
     assert (
         "chatbot: warming up the model failed: RuntimeError('no XLA here')"

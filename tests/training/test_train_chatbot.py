@@ -633,3 +633,15 @@ def test_heldout_comparison_of_a_run_without_held_out_prompts_is_refused(trained
     code, stderr = run_cli(evaluate_chatbot.main, ["--run-dir", str(run_dir), "--heldout"])
     assert code == 2
     assert "--holdout 0.1" in error_lines(stderr)[0]
+
+
+def test_a_run_refused_for_jit_compile_leaves_nothing_that_refuses_the_corrected_command(
+    tmp_path,
+):
+    config = ChatbotConfig(run_dir=str(tmp_path / "run"), **TINY_SETTINGS)
+    code, stderr = run_cli(main, [*command_line(config), "--jit-compile", "true"])
+    assert code == 2
+    assert "--jit-compile" in error_lines(stderr)[0]
+    code, stderr = run_cli(main, [*command_line(config), "--no-evaluate"])
+    assert code == 0, stderr
+    assert export_versions(tmp_path / "run", EXPORT_NAME) == [1]
