@@ -81,7 +81,9 @@ class App:
     """One export and what is needed to call it: inputs, the endpoint's arguments, the
     Keras model of the run (for the weights and the baseline)."""
 
-    def __init__(self, name, run_dir, inputs, endpoint_args, keras_model, memory_rows):
+    def __init__(
+        self, name, run_dir, inputs, endpoint_args, keras_model, memory_rows, baseline_inputs
+    ):
         from shared.export import latest_version
 
         self.name = name
@@ -95,14 +97,16 @@ class App:
         self.inputs = inputs  # a list of batch-1 inputs (bytes or str), and more for BATCH
         self.endpoint_args = endpoint_args  # (inputs list, beam) -> kwargs
         self.keras_model = keras_model
-        self.memory_rows = memory_rows
+        self.memory_rows = memory_rows  # the attention memory's length
+        self.baseline_inputs = baseline_inputs  # the same inputs for the eager loop
+        self.max_length = getattr(keras_model, "max_length", None) or keras_model.max_target_length
 
     def endpoint(self, compiled: bool):
         name = {"captioner": "caption", "chatbot": "reply"}[self.name]
         return getattr(self.saved, name if compiled else name + "_portable")
 
 
-def load_captioner(run_dir: Path, count: int, quick: bool) -> App:
+def load_captioner(run_dir: Path, count: int) -> App:
     import keras
 
     import captioner.model  # noqa: F401  (registers the Keras classes)
@@ -119,13 +123,12 @@ def load_captioner(run_dir: Path, count: int, quick: bool) -> App:
     def endpoint_args(batch, beam):
         return {"image_bytes": tf.constant(batch), "beam_size": tf.constant(beam)}
 
-    app = App("captioner", run_dir, pngs, endpoint_args, model, int(np.prod(model.grid_shape)))
-    app.baseline_inputs = [{"image": image[None]} for image in images]
-    app.max_length = model.max_length
-    return app
+    baseline_inputs = [{"image": image[None]} for image in images]
+    regions = int(np.prod(model.grid_shape))
+    return App("captioner", run_dir, pngs, endpoint_args, model, regions, baseline_inputs)
 
 
-def load_chatbot(run_dir: Path, count: int, quick: bool) -> App:
+def load_chatbot(run_dir: Path, count: int) -> App:
     import keras
 
     import chatbot.model  # noqa: F401  (registers the Keras classes)
@@ -150,10 +153,9 @@ def load_chatbot(run_dir: Path, count: int, quick: bool) -> App:
             "seed": tf.constant(0),
         }
 
-    app = App("chatbot", run_dir, prompts, endpoint_args, model, config.max_source_length)
-    app.baseline_inputs = [{"source": model.source_text(tf.constant([p]))} for p in prompts]
-    app.max_length = model.max_target_length
-    return app
+    baseline_inputs = [{"source": model.source_text(tf.constant([p]))} for p in prompts]
+    rows = config.max_source_length
+    return App("chatbot", run_dir, prompts, endpoint_args, model, rows, baseline_inputs)
 
 
 # === Measuring ===
@@ -302,7 +304,7 @@ def main(argv=None) -> None:
     bandwidth = bandwidth_gb_s(64 if args.quick else 512)
     rows, limits = [], {}
     for name, load in (("captioner", load_captioner), ("chatbot", load_chatbot)):
-        app = load(runs[name], max(BATCH, singles), args.quick)
+        app = load(runs[name], max(BATCH, singles))
         read = step_bytes(app.keras_model, app.memory_rows)
         limits[name] = {"bytes_per_step": read, "limit_ms_per_token": read / bandwidth / 1e6}
         print(f"{name}: {app.version_dir}; a greedy step reads {read / 1e6:.2f} MB")
