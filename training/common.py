@@ -162,12 +162,17 @@ def fit(
     patience: int,
     monitor: str = "val_loss",
     strategy: tf.distribute.Strategy | None = None,
+    progress: keras.callbacks.Callback | None = None,
 ) -> None:
     """`model.fit` that resumes a killed run and leaves the best epoch's weights in `model`.
 
     A run killed during fit resumes from `backup/`; one killed after fit (during evaluation or
     export) finds `FINISHED_WEIGHTS` and goes straight on. `monitor` picks the best epoch:
     `val_loss`, or `loss` for a run that trains on all its data on purpose.
+
+    `progress` (a `shared.progress.ProgressLog`) records each epoch's wall time and quality
+    for the demo page and the time-to-quality benchmark. Keras prints a progress bar within
+    each epoch when the terminal is interactive, one line per epoch when it is not (CI, logs).
 
     `strategy` is the one the model was built under (see `training.distribute`). The mirrored
     strategies train with `distribute.fit_custom_loop` (Keras' fit fails under them), and with
@@ -180,7 +185,7 @@ def fit(
             print(f"training finished earlier; loading {finished} and going on")
             _load_weights_only(model, finished)
         return
-    callbacks = training_callbacks(run_dir, patience, monitor)
+    callbacks = training_callbacks(run_dir, patience, monitor, progress)
     if distribute.needs_custom_loop(strategy):
         distribute.fit_custom_loop(model, strategy, train_batches, val_batches, epochs, callbacks)
     else:
@@ -189,7 +194,7 @@ def fit(
             validation_data=val_batches,
             epochs=epochs,
             callbacks=callbacks,
-            verbose=2,
+            verbose=1 if sys.stdout.isatty() else 2,
         )
     best = run_dir / "model.keras"
     if best.is_file():
@@ -206,9 +211,13 @@ def _load_weights_only(model: keras.Model, path: Path) -> None:
 
 
 def training_callbacks(
-    run_dir: Path, patience: int, monitor: str = "val_loss"
+    run_dir: Path,
+    patience: int,
+    monitor: str = "val_loss",
+    progress: keras.callbacks.Callback | None = None,
 ) -> list[keras.callbacks.Callback]:
-    """Resumption, best-model checkpoint, early stopping and logs, in the order Keras runs them.
+    """Resumption, progress, best-model checkpoint, early stopping and logs, in the order Keras
+    runs them: `progress` adds its quality metrics to the epoch's logs before the rest see them.
 
     After a resumption, the best value so far comes from history.csv, so neither the
     checkpoint nor early stopping forgets the epochs before the interruption.
@@ -216,6 +225,7 @@ def training_callbacks(
     best_so_far = best_logged(run_dir / "history.csv", monitor)
     return [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
+        *([progress] if progress is not None else []),
         BestModelCheckpoint(run_dir / "model.keras", monitor, best_so_far),
         keras.callbacks.EarlyStopping(monitor=monitor, patience=patience, baseline=best_so_far),
         keras.callbacks.TensorBoard(str(run_dir / "logs")),

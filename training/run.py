@@ -20,6 +20,8 @@ import keras
 import tensorflow as tf
 
 from shared import config as config_io
+from shared import progress as run_progress
+from shared.progress import QualityCheck
 from shared.text import Vocabulary
 from training import distribute
 from training.common import fit, prepare_run_dir, save_config, save_vocabulary
@@ -59,6 +61,15 @@ class Recipe(abc.ABC):
         """The logged value that picks the best epoch and stops training early."""
         return "val_loss"
 
+    def quality_check(self, config, data) -> QualityCheck | None:
+        """What measures the model after each epoch (`shared.progress.ProgressLog`); None: the
+        run records loss only."""
+        return None
+
+    def quality_targets(self, config) -> dict:
+        """The quality the default run aims for, by metric name (reached: at least the value)."""
+        return {}
+
     @abc.abstractmethod
     def evaluate(self, model: keras.Model, config, run_dir: Path, data) -> dict:
         """Writes metrics.json and samples/; returns the metrics."""
@@ -66,12 +77,14 @@ class Recipe(abc.ABC):
 
 def train(recipe: Recipe, config, overwrite: bool = False, evaluate: bool = True) -> dict:
     """The whole run; returns the evaluation metrics (empty without `evaluate`, and on workers
-    other than the chief)."""
+    other than the chief).
+
+    `<run_dir>/progress.json` (`shared.progress`) says what the run is doing: training (with
+    each epoch's time and quality), evaluating, exporting, done, or failed with the error."""
     strategy = distribute.make_strategy(config.strategy, config.devices)  # before other TF work
     keras.mixed_precision.set_global_policy(config.precision)  # before any layer is built
     print(distribute.describe(strategy))
     keras.utils.set_random_seed(config.seed)
-    chief = distribute.is_chief(strategy)
     run_dir = distribute.worker_run_dir(config.run_dir, strategy)
     data = recipe.load_data(config, evaluate)  # a wrong --data leaves the run directory alone
     if not overwrite:
@@ -84,8 +97,28 @@ def train(recipe: Recipe, config, overwrite: bool = False, evaluate: bool = True
     sizes = ", ".join(f"{len(v)} tokens ({name})" for name, v in vocabularies.items())
     print(f"vocabulary: {sizes}")
 
+    try:
+        return _fit_evaluate_export(recipe, config, run_dir, data, vocabularies, strategy, evaluate)
+    except BaseException as error:  # recorded for the demo page, then raised as before
+        stopped = isinstance(error, KeyboardInterrupt)
+        message = None if stopped else f"{type(error).__name__}: {error}"
+        run_progress.set_status(run_dir, "stopped" if stopped else "failed", message)
+        raise
+
+
+def _fit_evaluate_export(recipe, config, run_dir, data, vocabularies, strategy, evaluate) -> dict:
+    chief = distribute.is_chief(strategy)
     with strategy.scope():  # the model's variables are created mirrored on every replica
         model, train_batches, val_batches = recipe.build(config, data, vocabularies, run_dir)
+    # Quality is checked on one device only: a check under several replicas would need them all.
+    single = strategy.num_replicas_in_sync == 1 and chief
+    progress = run_progress.ProgressLog(
+        run_dir,
+        config.epochs,
+        quality=recipe.quality_check(config, data) if single else None,
+        targets=recipe.quality_targets(config),
+        stop_at_targets=getattr(config, "stop_at_targets", False),
+    )
     fit(
         model,
         run_dir,
@@ -95,14 +128,18 @@ def train(recipe: Recipe, config, overwrite: bool = False, evaluate: bool = True
         config.patience,
         recipe.monitor(config),
         strategy=strategy,
+        progress=progress,
     )
     metrics = {}
     if evaluate and chief:
+        run_progress.set_status(run_dir, "evaluating")
         metrics = recipe.evaluate(model, config, run_dir, data)
+    run_progress.set_status(run_dir, "exporting")
     version_dir = recipe.export(model, run_dir, config)  # every worker: may need collectives
     if not chief:
         distribute.remove_worker_dir(config.run_dir, strategy)
         return metrics
+    run_progress.set_status(run_dir, "done")
     print(f"exported: {version_dir}")
     return metrics
 
