@@ -75,6 +75,17 @@ def targets_met(metrics: dict, targets: dict) -> bool:
     return all(metrics.get(name, -math.inf) >= value for name, value in targets.items())
 
 
+def quality_gap(metrics: dict, targets: dict) -> float:
+    """How far `metrics` fall short of `targets`: the sum of each metric's shortfall relative
+    to its target, 0.0 once every target is reached. Lower is better, like a loss, so the
+    checkpoint and early stopping can follow it."""
+    return sum(
+        max(0.0, (target - metrics.get(name, 0.0)) / target)
+        for name, target in targets.items()
+        if target > 0
+    )
+
+
 def estimated_seconds_left(progress: dict) -> float | None:
     """Epochs still to go times the mean epoch so far (early stopping may end sooner)."""
     history = progress.get("history") or []
@@ -88,9 +99,9 @@ class ProgressLog(keras.callbacks.Callback):
     """Writes `progress.json` during `fit`, and runs a quality check after each epoch.
 
     `quality(model, samples_dir)`, if given, measures the model (for example BLEU on the
-    validation images) and draws a few samples into `samples_dir`; its metrics join the
-    epoch's `logs`, so the callbacks after this one (checkpoint, early stopping, CSV and
-    TensorBoard logs) see them as they see `val_loss`. With `stop_at_targets`, training
+    validation images) and draws a few samples into `samples_dir`; its metrics, and with
+    `targets` their `quality_gap`, join the epoch's `logs`, so the callbacks after this one
+    (checkpoint, early stopping, CSV and TensorBoard logs) see them as they see `val_loss`. With `stop_at_targets`, training
     stops at the first epoch whose metrics reach every one of `targets`.
 
     Place it right after `BackupAndRestore`. A resumed run keeps the history of the epochs
@@ -158,6 +169,8 @@ class ProgressLog(keras.callbacks.Callback):
             entry["quality"] = metrics
             entry["targets_met"] = targets_met(metrics, self.targets) if self.targets else None
             self.progress["samples"] = checked.get("samples", [])
+            if self.targets:
+                metrics["quality_gap"] = quality_gap(metrics, self.targets)
             logs.update(metrics)  # seen by the callbacks after this one
             if self.stop_at_targets and entry["targets_met"]:
                 print(f"epoch {epoch + 1}: every quality target reached; training stops.")

@@ -108,6 +108,8 @@ STALE_ON_OVERWRITE = (
     "image_cache",
     "metrics.json",
     "samples",
+    "progress.json",
+    "progress_samples",
     "vocabulary.json",
     "source_vocabulary.json",
     "target_vocabulary.json",
@@ -123,6 +125,8 @@ NOT_DEFINING_A_RUN = (
     "cache_images",
     "cache_memory_gib",
     "jit_compile",  # how the steps are compiled, not what they compute
+    "check_quality",  # what is measured between epochs, and when training may stop
+    "stop_at_targets",
 )
 
 
@@ -227,7 +231,9 @@ def training_callbacks(
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
         *([progress] if progress is not None else []),
         BestModelCheckpoint(run_dir / "model.keras", monitor, best_so_far),
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=patience, baseline=best_so_far),
+        keras.callbacks.EarlyStopping(
+            monitor=monitor, mode="min", patience=patience, baseline=best_so_far
+        ),
         keras.callbacks.TensorBoard(str(run_dir / "logs")),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
     ]

@@ -67,8 +67,16 @@ class Recipe(abc.ABC):
         return None
 
     def quality_targets(self, config) -> dict:
-        """The quality the default run aims for, by metric name (reached: at least the value)."""
+        """The quality the default run aims for, by metric name (reached: at least the value);
+        empty when the data has no targets (anything but the built-in data)."""
         return {}
+
+    def picks_by_quality(self, config) -> bool:
+        """True when the best epoch is the one nearest the targets (`quality_gap`), not the
+        lowest loss: a run that stops at its targets keeps the epoch that reached them."""
+        return bool(
+            config.check_quality and config.stop_at_targets and self.quality_targets(config)
+        )
 
     @abc.abstractmethod
     def evaluate(self, model: keras.Model, config, run_dir: Path, data) -> dict:
@@ -115,10 +123,11 @@ def _fit_evaluate_export(recipe, config, run_dir, data, vocabularies, strategy, 
     progress = run_progress.ProgressLog(
         run_dir,
         config.epochs,
-        quality=recipe.quality_check(config, data) if single else None,
+        quality=recipe.quality_check(config, data) if single and config.check_quality else None,
         targets=recipe.quality_targets(config),
-        stop_at_targets=getattr(config, "stop_at_targets", False),
+        stop_at_targets=config.stop_at_targets,
     )
+    by_quality = single and recipe.picks_by_quality(config)
     fit(
         model,
         run_dir,
@@ -126,7 +135,7 @@ def _fit_evaluate_export(recipe, config, run_dir, data, vocabularies, strategy, 
         val_batches,
         config.epochs,
         config.patience,
-        recipe.monitor(config),
+        "quality_gap" if by_quality else recipe.monitor(config),
         strategy=strategy,
         progress=progress,
     )

@@ -77,6 +77,18 @@ class RunSettings:
         section="Training",
     )
     # === Evaluation ===
+    check_quality: bool = setting(
+        True,
+        "after every epoch, measure quality on the validation data (the figures `evaluate` "
+        "reports) and draw a few samples: seen in progress.json, history.csv and TensorBoard",
+        section="Evaluation",
+    )
+    stop_at_targets: bool = setting(
+        True,
+        "built-in data: stop at the first epoch whose validation quality reaches the "
+        "application's targets, and keep that epoch (other data: no targets, no effect)",
+        section="Evaluation",
+    )
     beam_size: int = setting(3, "beam size for the beam-search evaluation", section="Evaluation")
     samples: int = setting(6, "attention pictures written to samples/", section="Evaluation")
 

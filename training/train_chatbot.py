@@ -16,6 +16,7 @@ resumes); evaluate (`training.evaluate_chatbot`); export the SavedModel to
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 from training import chatbot_pipeline as pipeline
 from training import distribute, evaluate_chatbot, run
@@ -23,6 +24,10 @@ from training.chatbot_config import ChatbotConfig
 from training.common import run_main
 
 EXPORT_NAME = pipeline.EXPORT_NAME
+# What the default run on the English ChatterBot corpus aims for: the share of its distinct
+# prompts answered (greedy) with one of their reference replies.
+CORPUS_TARGETS = {"corpus_recall": 0.92}
+QUALITY_SAMPLES = 3  # attention heatmaps drawn after each epoch for the demo page
 
 
 class ChatbotRecipe(run.Recipe):
@@ -66,6 +71,28 @@ class ChatbotRecipe(run.Recipe):
     def monitor(self, config: ChatbotConfig) -> str:
         # Without held-out prompts the validation pairs are training pairs: loss says as much.
         return "val_loss" if config.holdout > 0 else "loss"
+
+    def quality_check(self, config: ChatbotConfig, data):
+        train_pairs, val_pairs, _ = data
+        # With prompts held out, how it answers those; otherwise how well it knows its corpus.
+        measured = val_pairs if config.holdout > 0 else train_pairs
+        prompts = [pair.prompt for pair in measured[:QUALITY_SAMPLES]]
+
+        def check(model, samples_dir: Path) -> dict:
+            metrics = evaluate_chatbot.corpus_recall(model, measured)
+            outputs = evaluate_chatbot.reply_all(model, prompts)
+            evaluate_chatbot.write_samples(outputs, samples_dir)
+            samples = [
+                {"image": f"{samples_dir.name}/reply_{i}.png", "text": f"{p} → {o['reply']}"}
+                for i, (p, o) in enumerate(zip(prompts, outputs))
+            ]
+            return {"metrics": {"corpus_recall": metrics["corpus_recall"]}, "samples": samples}
+
+        return check
+
+    def quality_targets(self, config: ChatbotConfig) -> dict:
+        built_in = config.data in ("chatterbot", "chatterbot:english") and config.holdout == 0
+        return dict(CORPUS_TARGETS) if built_in else {}
 
     def evaluate(self, model, config: ChatbotConfig, run_dir, data):
         train_pairs, _, test_pairs = data
