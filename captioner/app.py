@@ -6,7 +6,8 @@ Why this module exists: a caption alone does not show whether the model looked a
 thing. The page shows, for each generated word, the picture tinted red where that word's
 attention was strongest.
 
-The demo serves the newest SavedModel in `<run-dir>/export/captioner/` through its `caption`
+The demo serves the newest SavedModel in `<run-dir>/export/captioner/` (a newer one as soon as
+it appears, and the run's training progress until the first does) through its `caption`
 endpoint (encoded image bytes in; caption, score, per-word attention over the regions out), so
 it runs any exported captioner and imports no model code. The model gets the uploaded file's
 own bytes when TensorFlow can decode them, else the picture re-encoded as PNG.
@@ -18,6 +19,7 @@ import atexit
 import io
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from captioner.shapes import generate_scenes
-from shared import serving
+from shared import serving, training_panel
 from shared.plots import overlay_attention
 
 EXPORT_NAME = "captioner"
@@ -48,6 +50,13 @@ MAX_PIXELS = 25_000_000  # a small file can still unpack into a huge picture
 DISPLAY_SIDE = 320  # longest side, in pixels, of the attention panels
 NUM_EXAMPLES = 4
 EXAMPLE_SEED = 2024
+# What each `--data` source is called on the page, by its kind (the part before the first ":").
+DATA_NAMES = {
+    "shapes": "the built-in shapes scenes",
+    "coco": "COCO captions",
+    "flickr8k": "Flickr8k",
+    "tfds": "TFDS coco_captions",
+}
 
 
 @dataclass
@@ -141,6 +150,18 @@ def image_size_of(metadata: dict) -> int:
     return int(metadata.get("image_size", DEFAULT_IMAGE_SIZE))
 
 
+def trained_on(metadata: dict) -> str | None:
+    """One line on what the export's model was trained on, or None when its metadata does not
+    say; for the shapes data also what that means for a photo."""
+    kind = str(metadata.get("data", "")).partition(":")[0]
+    if kind not in DATA_NAMES:
+        return None
+    line = training_panel.trained_on_text(DATA_NAMES[kind], metadata, "images")
+    if kind == "shapes":
+        line += " It knows only coloured shapes, so it describes any photo in shapes."
+    return line
+
+
 def display_size(picture: np.ndarray) -> np.ndarray:
     """`picture` scaled so its longest side is `DISPLAY_SIDE` pixels (small pictures grow)."""
     height, width = picture.shape[:2]
@@ -181,21 +202,22 @@ def example_images(image_size: int) -> list[str]:
 def build_app(
     run_dir: str | Path = DEFAULT_RUN_DIR,
     delete_cache: tuple[int, int] | None = serving.DELETE_CACHE,
+    job: Callable[[], training_panel.Job | None] | None = None,
 ) -> gr.Blocks:
-    """The captioner page for the newest export in `run_dir` (or a "no model" notice).
+    """The captioner page for the newest export in `run_dir` (or a "no model" notice and the
+    run's training, followed live).
 
-    `delete_cache` is `(check every, delete after)` in seconds for uploads and attention panels.
+    `delete_cache` is `(check every, delete after)` in seconds for uploads and attention panels;
+    `job()` says what the demo knows of the process training this model (`make demo`).
     """
-    served = serving.open_export(
-        run_dir, EXPORT_NAME, TRAIN_MODULE, ENDPOINT, image_size_of, warm_up
-    )
-    model, image_size, problem = served.model, served.settings, served.problem
+    live = serving.LiveExport(run_dir, EXPORT_NAME, TRAIN_MODULE, ENDPOINT, image_size_of, warm_up)
     kept = f" (uploads are kept {serving.duration_text(delete_cache[1])})" if delete_cache else ""
 
     def caption_upload(upload: dict | None, beam_size):
         """Payload of the image input (unprocessed: Gradio would choke on broken files)."""
-        if model is None:
-            raise gr.Error(problem.page)
+        served = live.for_request()
+        if served.model is None:
+            raise gr.Error(served.problem.page)
         if not upload or not upload.get("path"):
             raise gr.Error("Upload a picture first, or click one of the examples.")
         if beam_size not in [value for _, value in SEARCH_CHOICES]:
@@ -203,7 +225,7 @@ def build_app(
         name = upload.get("orig_name") or Path(upload["path"]).name
         try:
             picture = read_upload(upload["path"], name)
-            caption = run_caption(model, picture.model_bytes, int(beam_size))
+            caption = run_caption(served.model, picture.model_bytes, int(beam_size))
         except FileNotFoundError as error:  # the upload was older than `delete_cache` allows
             raise gr.Error(f"{name} is no longer on the server{kept}; upload it again.") from error
         except ValueError as error:
@@ -221,7 +243,7 @@ def build_app(
             "shows one word of the caption, with the picture tinted red where the model "
             "looked while writing it."
         )
-        served.show_notice()
+        training_panel.follow_run(live, trained_on, job, api_name="captioner_status")
         with gr.Row():
             with gr.Column():
                 image = gr.Image(
@@ -236,7 +258,10 @@ def build_app(
                 )
                 button = gr.Button("Caption", variant="primary", elem_id="caption-button")
                 gr.Examples(
-                    example_images(image_size), inputs=image, label="Examples", elem_id="examples"
+                    example_images(live.served.settings),
+                    inputs=image,
+                    label="Examples",
+                    elem_id="examples",
                 )
             with gr.Column():
                 caption_text = gr.Textbox(label="Caption", elem_id="caption-text")

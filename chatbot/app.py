@@ -7,7 +7,8 @@ see, for each word it wrote, which of your words it was looking at. Below the ch
 shows that for the last reply: rows are reply tokens, columns the tokens the model read (words
 it does not know appear as [UNK]).
 
-The demo serves the newest SavedModel in `<run-dir>/export/chatbot/` through its `reply`
+The demo serves the newest SavedModel in `<run-dir>/export/chatbot/` (a newer one as soon as it
+appears, and the run's training progress until the first does) through its `reply`
 endpoint (text in; reply, score and attention out), so it runs any exported chatbot and imports
 no model code. A model trained with `--context-turns N` (the export's metadata says N; 1 for
 older exports) is sent the conversation's last N turns joined by " ␞ ", built by the same
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import io
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from chatbot.turns import context_prompt
-from shared import serving
+from shared import serving, training_panel
 from shared.plots import attention_heatmap
 
 EXPORT_NAME = "chatbot"
@@ -40,6 +42,7 @@ MAX_MESSAGE_CHARS = 500  # the model reads a bounded number of tokens anyway
 EMPTY_REPLY = "(the model replied with nothing)"
 # Prompts the default model (English ChatterBot corpus) knows; any text works.
 EXAMPLES = ("Hello", "How are you doing?", "What is AI?", "Tell me a joke", "Who are you?")
+SYNTHETIC_TASKS = ("copy", "reverse", "sort")  # `--data` sources that are exercises, not chat
 
 
 @dataclass
@@ -90,6 +93,29 @@ def context_turns_of(metadata: dict) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"its metadata gives context_turns {value!r}, expected a positive integer")
     return value
+
+
+def data_name(source: str) -> str | None:
+    """What a `--data` source is called on the page (never a server path), or None."""
+    kind, _, argument = source.partition(":")
+    if kind == "chatterbot":
+        language, _, topics = argument.partition(":")
+        name = f"the {(language or 'english').capitalize()} ChatterBot corpus"
+        return name + (f" (topics {topics.replace(',', ', ')})" if topics else "")
+    if kind == "cornell":
+        return "the Cornell Movie-Dialogs corpus"
+    if kind == "tsv":
+        return f"the text pairs of {Path(argument).name}"
+    if kind in SYNTHETIC_TASKS:
+        return f"the synthetic {kind} task (it {kind}s the words it is sent; it does not chat)"
+    return None
+
+
+def trained_on(metadata: dict) -> str | None:
+    """One line on what the export's model was trained on, or None when its metadata does not
+    say."""
+    name = data_name(str(metadata.get("data", "")))
+    return training_panel.trained_on_text(name, metadata, "prompt/reply pairs") if name else None
 
 
 def message_text(content) -> str:
@@ -178,23 +204,26 @@ def heatmap_picture(reply: Reply) -> Image.Image | None:
 def build_app(
     run_dir: str | Path = DEFAULT_RUN_DIR,
     delete_cache: tuple[int, int] | None = serving.DELETE_CACHE,
+    job: Callable[[], training_panel.Job | None] | None = None,
 ) -> gr.Blocks:
-    """The chat page for the newest export in `run_dir` (or a "no model" notice).
+    """The chat page for the newest export in `run_dir` (or a "no model" notice and the run's
+    training, followed live).
 
-    `delete_cache` is `(check every, delete after)` in seconds for the heatmap pictures.
+    `delete_cache` is `(check every, delete after)` in seconds for the heatmap pictures;
+    `job()` says what the demo knows of the process training this model (`make demo`).
     """
-    served = serving.open_export(
+    live = serving.LiveExport(
         run_dir, EXPORT_NAME, TRAIN_MODULE, ENDPOINT, context_turns_of, warm_up
     )
-    model, context_turns, problem = served.model, served.settings, served.problem
 
     def answer(history, message, settings) -> Reply:
         """The model's reply to `message` after the conversation `history`; gr.Error if none."""
-        if model is None:
-            raise gr.Error(problem.page)
-        prompt = context_prompt(conversation_turns(history) + [message], context_turns)
+        served = live.for_request()
+        if served.model is None:
+            raise gr.Error(served.problem.page)
+        prompt = context_prompt(conversation_turns(history) + [message], served.settings)
         try:
-            return run_reply(model, prompt, decoding_for(*settings))
+            return run_reply(served.model, prompt, decoding_for(*settings))
         except ValueError as error:
             raise gr.Error(str(error)) from error
         except Exception as error:  # TensorFlow errors and the like (Gradio logs them)
@@ -243,6 +272,7 @@ def build_app(
         return gr.Slider(visible=mode == "beam search"), gr.Group(visible=mode == "sampling")
 
     with gr.Blocks(title="Glimpse chatbot", delete_cache=delete_cache) as demo:
+        context_turns = live.served.settings
         read = (
             f"the conversation's last {context_turns} turns, joined by ␞"
             if context_turns > 1
@@ -254,7 +284,7 @@ def build_app(
             "your message again and ↶ takes it back. The heatmap shows, for the last reply, how "
             f"much each reply word (rows) attended to each word the model read (columns): {read}."
         )
-        served.show_notice()
+        training_panel.follow_run(live, trained_on, job, api_name="chatbot_status")
         with gr.Row():
             with gr.Column(scale=3):
                 chat = gr.Chatbot(label="Conversation", height=360, elem_id="conversation")

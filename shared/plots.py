@@ -198,3 +198,46 @@ def attention_over_image(
             axes.set_title(caption, fontsize=12)
             axes.axis("off")
         return _to_png(figure, path)
+
+
+def training_curves(
+    history: Sequence[dict], targets: dict | None = None, path: str | Path | None = None
+) -> bytes:
+    """Loss per epoch, and the quality metrics per epoch when any were measured, as PNG bytes.
+
+    `history` is the per-epoch list of `shared.progress` (`epoch`, `loss`, `val_loss`, and a
+    `quality` dict of metric -> value); `targets` (metric -> value) are drawn as dashed lines
+    in the metric's colour, so a reader sees how far each metric still has to go.
+    """
+    if not history:
+        raise ValueError("There is nothing to plot: the history holds no finished epoch.")
+    epochs = [entry.get("epoch", index + 1) for index, entry in enumerate(history)]
+    metrics = sorted({name for entry in history for name in entry.get("quality") or {}})
+    with matplotlib.rc_context({"font.family": _font_families()}):
+        figure = Figure(figsize=(9.0 if metrics else 5.0, 3.2))
+        loss_axes = figure.add_subplot(1, 2 if metrics else 1, 1)
+        for key, label in (("loss", "training loss"), ("val_loss", "validation loss")):
+            points = [(e, entry[key]) for e, entry in zip(epochs, history) if key in entry]
+            if points:
+                loss_axes.plot(*zip(*points), marker="o", label=label)
+        loss_axes.set_xlabel("epoch")
+        loss_axes.set_ylabel("loss")
+        loss_axes.set_title("loss")
+        loss_axes.legend()
+        if metrics:
+            quality_axes = figure.add_subplot(1, 2, 2)
+            for name in metrics:
+                points = [
+                    (e, entry["quality"][name])
+                    for e, entry in zip(epochs, history)
+                    if name in (entry.get("quality") or {})
+                ]
+                (line,) = quality_axes.plot(*zip(*points), marker="o", label=name)
+                if targets and name in targets:
+                    quality_axes.axhline(targets[name], color=line.get_color(), linestyle="--")
+            quality_axes.set_xlabel("epoch")
+            quality_axes.set_title("quality (dashed: targets)" if targets else "quality")
+            quality_axes.legend()
+        for axes in figure.axes:
+            axes.xaxis.get_major_locator().set_params(integer=True)
+        return _to_png(figure, path)

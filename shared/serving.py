@@ -3,7 +3,8 @@
 Why this module exists: each demo serves whatever SavedModel its run directory holds, loaded with
 `tf.saved_model.load` alone, so the demo works with any model that has the right endpoint and
 never imports model code. When there is no export yet, the page still opens and says which
-command makes one. Nothing here knows about images or dialogue.
+command makes one; `LiveExport` then serves the export as soon as it appears, and any newer
+version after it, without a restart. Nothing here knows about images or dialogue.
 
 A demo may stay up for weeks on a public address, so launching also means: a password when it is
 shared (`--auth`, `--auth-file`), Gradio's traffic summary off unless asked for
@@ -29,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +83,13 @@ class Problem:
 
 def no_model_problem(run_dir: str | os.PathLike, name: str, train_module: str) -> Problem:
     """What a demo says when `run_dir` holds no export."""
-    make_demo = "Make one with `make demo` (trains both models, then opens both demos) or"
+    make_demo = "Make one with `make demo` (serves both demos, training what is missing) or"
     return Problem(
-        page=f"No trained {name} model yet. {make_demo} `python -m {train_module}`, "
-        "then start this demo again.",
+        page=f"No trained {name} model yet. {make_demo} `python -m {train_module}`; "
+        "this page serves it as soon as it is exported.",
         log=f"No trained {name} model was found in {Path(run_dir) / 'export' / name}/. "
-        f"{make_demo} `python -m {train_module} --run-dir {run_dir}`, "
-        "then start this demo again.",
+        f"{make_demo} `python -m {train_module} --run-dir {run_dir}`; "
+        "the demo serves it as soon as it is exported.",
     )
 
 
@@ -99,10 +100,12 @@ def load_failed_problem(
     run_dir = Path(version_dir).parents[2]
     again = f"Train and export it again with `python -m {train_module}"
     return Problem(
-        page=f"The trained {name} model could not be loaded. {again} --overwrite`, then start "
-        "this demo again; the server's log says what went wrong.",
+        page=f"The trained {name} model could not be loaded. {again} --overwrite`; this "
+        "page serves the new version as soon as it is exported. The server's log says what "
+        "went wrong.",
         log=f"The model in {version_dir} could not be loaded ({type(error).__name__}: {error}). "
-        f"{again} --run-dir {run_dir} --overwrite`, then start this demo again.",
+        f"{again} --run-dir {run_dir} --overwrite`; the demo serves the new version as soon as "
+        "it is exported.",
     )
 
 
@@ -125,16 +128,7 @@ class ServedModel:
     model: Any  # the loaded SavedModel; None when there is a `problem`
     settings: Any  # what the demo read from the export's metadata
     problem: Problem | None
-
-    def show_notice(self) -> None:
-        """Adds to the page being built the problem, or the model's version (never its folder:
-        that is the server's business)."""
-        import gradio as gr  # loaded here: importing this module stays cheap
-
-        if self.problem:
-            gr.Markdown(f"**{self.problem.page}**", elem_id="problem")
-        elif self.version_dir is not None:
-            gr.Markdown(f"Model: {self.name} version {self.version_dir.name}", elem_id="model")
+    metadata: dict = field(default_factory=dict)  # the export's `glimpse.json`
 
 
 def open_export(
@@ -161,18 +155,108 @@ def open_export(
     version_dir = find_export(run_dir, name)
     if version_dir is None:
         problem = no_model_problem(run_dir, name, train_module)
-    else:
-        try:
-            loaded = load_export(version_dir)
-            find_endpoint(loaded.model, endpoint, name)
-            settings = read_settings(loaded.metadata)
-            if warm_up is not None:
-                start_warm_up(warm_up, loaded.model, name)
-            return ServedModel(name, version_dir, loaded.model, settings, None)
-        except Exception as error:  # any failure to load is reported on the page instead
-            problem = load_failed_problem(version_dir, error, name, train_module)
+        print(problem.log, flush=True)
+        return ServedModel(name, None, None, read_settings({}), problem)
+    served = open_version(version_dir, name, train_module, endpoint, read_settings)
+    if served.model is not None and warm_up is not None:
+        start_warm_up(warm_up, served.model, name)
+    return served
+
+
+def open_version(
+    version_dir: Path,
+    name: str,
+    train_module: str,
+    endpoint: str,
+    read_settings: Callable[[dict], Any],
+) -> ServedModel:
+    """One export version loaded as `open_export` loads it (without the warm-up); a failure
+    becomes the result's `Problem`, printed for the operator."""
+    try:
+        loaded = load_export(version_dir)
+        find_endpoint(loaded.model, endpoint, name)
+        settings = read_settings(loaded.metadata)
+        return ServedModel(name, version_dir, loaded.model, settings, None, loaded.metadata)
+    except Exception as error:  # any failure to load is reported on the page instead
+        problem = load_failed_problem(version_dir, error, name, train_module)
     print(problem.log, flush=True)
     return ServedModel(name, version_dir, None, read_settings({}), problem)
+
+
+LOAD_WAIT_SECONDS = 300  # how long a request with no model to serve waits for one loading
+
+
+class LiveExport:
+    """The model a demo page serves, kept up to date with its run directory while it runs.
+
+    Why: `make demo` opens the page before training has exported anything, and a run that
+    trains again exports a newer version; a visitor should get each without a restart. So
+    `refresh()` (called on the page's timer and at the start of each request) looks for a
+    newer version than the one last tried, a cheap directory listing, and loads it in a
+    background thread. The model served until then stays served, so a request never waits
+    for a load, unless there is no model at all (`for_request`). When an old model is served,
+    the new one is warmed up before it replaces the old; otherwise it serves at once and
+    warms up in the background, as at start-up.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        name: str,
+        train_module: str,
+        endpoint: str,
+        read_settings: Callable[[dict], Any] = lambda metadata: None,
+        warm_up: Callable[[Any], Any] | None = None,
+    ):
+        self.run_dir = Path(run_dir)
+        self.name, self.train_module, self.endpoint = name, train_module, endpoint
+        self.read_settings, self.warm_up = read_settings, warm_up
+        self.served = open_export(run_dir, name, train_module, endpoint, read_settings, warm_up)
+        self._tried = self.served.version_dir  # the newest version a load was started for
+        self._loader: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self) -> ServedModel:
+        """Starts loading the newest export if it is newer than the last one tried; returns
+        the model served now (the new one only once it is loaded)."""
+        newest = find_export(self.run_dir, self.name)
+        with self._lock:
+            loading = self._loader is not None and self._loader.is_alive()
+            if newest is not None and newest != self._tried and not loading:
+                self._tried = newest
+                self._loader = threading.Thread(
+                    target=self._load, args=(newest,), name=f"load-{self.name}", daemon=False
+                )  # not a daemon, for the reason `start_warm_up` gives
+                self._loader.start()
+        return self.served
+
+    def for_request(self) -> ServedModel:
+        """`refresh()`, but when no model is served yet and one is loading, waits for it."""
+        served = self.refresh()
+        loader = self._loader
+        if served.model is None and loader is not None:
+            loader.join(timeout=LOAD_WAIT_SECONDS)
+        return self.served
+
+    def _load(self, version_dir: Path) -> None:
+        served = open_version(
+            version_dir, self.name, self.train_module, self.endpoint, self.read_settings
+        )
+        if served.model is None:
+            if self.served.model is None:  # the new problem says more than "no model yet"
+                self.served = served
+            return
+        if self.served.model is not None and self.warm_up is not None:
+            try:
+                self.warm_up(served.model)
+            except Exception as error:  # as `start_warm_up`: printed, the page keeps working
+                print(f"{self.name}: warming up the model failed: {error!r}", flush=True)
+            self.served = served
+        else:
+            self.served = served
+            if self.warm_up is not None:
+                start_warm_up(self.warm_up, served.model, self.name)
+        print(f"{self.name}: now serving the model in {version_dir}", flush=True)
 
 
 def start_warm_up(warm_up: Callable[[Any], Any], model, name: str) -> threading.Thread:
@@ -510,9 +594,12 @@ def serve_run_dir(description: str, default_run_dir: str, build_app, argv=None) 
     serve_forever(build_app(args.run_dir, settings.delete_cache), settings)
 
 
-def serve_forever(demo, settings: LaunchSettings) -> None:
+def serve_forever(demo, settings: LaunchSettings, started: Callable[[], Any] | None = None) -> None:
     """Launches `demo` for a command-line user: prints its address, then serves until Ctrl+C
-    (or SIGTERM, so that a service manager's stop also closes the server and cleans up)."""
+    (or SIGTERM, so that a service manager's stop also closes the server and cleans up).
+
+    `started()`, if given, runs once the page is served (the demo starts training there, so
+    that training does not slow the page's start)."""
     try:
         _, local_url, share_url = launch(
             demo,
@@ -531,6 +618,8 @@ def serve_forever(demo, settings: LaunchSettings) -> None:
         ) from error
     signal.signal(signal.SIGTERM, _interrupt)
     print(f"Demo running at {share_url or local_url} (press Ctrl+C to stop)", flush=True)
+    if started is not None:
+        started()
     demo.block_thread()
 
 

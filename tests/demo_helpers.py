@@ -61,3 +61,24 @@ def shown(page_config: dict, elem_id: str) -> list[str]:
         for c in page_config["components"]
         if c.get("props", {}).get("elem_id") == elem_id
     ]
+
+
+def install_export(version_dir: Path, run_dir: Path, name: str, version: int) -> Path:
+    """Copies an export version (as the tiny-model fixtures write it) into `run_dir` as
+    `export/<name>/<version>/`, appearing at once the way `shared.export` makes a version
+    appear: copied under a hidden name, then renamed into place."""
+    import shutil
+
+    target = run_dir / "export" / name / str(version)
+    partial = target.with_name(f".partial-copy-{version}")
+    shutil.copytree(version_dir, partial)
+    partial.rename(target)
+    return target
+
+
+def panel(client: Client, api_name: str) -> dict[str, dict]:
+    """What a tab's training panel shows now, through its timer's endpoint: its parts by name
+    ("problem", "model", "trained_on", "status", "curve", "samples"), each Gradio's update
+    (`{"value": ..., "visible": ...}`; without "value" when the picture has not changed)."""
+    names = ("problem", "model", "trained_on", "status", "curve", "samples")
+    return dict(zip(names, client.predict(api_name=api_name)))

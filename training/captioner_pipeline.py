@@ -309,8 +309,16 @@ def build_model(config: CaptionerConfig, vocabulary: Vocabulary) -> Captioner:
 
 def export(model: Captioner, run_dir, config: CaptionerConfig):
     """Writes `<run_dir>/export/captioner/<version>/` with the `caption` endpoint (compiled
-    with XLA) and `caption_portable` (`shared.export.write_model_export`)."""
+    with XLA) and `caption_portable` (`shared.export.write_model_export`).
+
+    The metadata also says what the model learned from (`data`, `train_examples` images,
+    the date `trained`), which the demo page tells its visitors: a photo captioned in shapes
+    is no surprise once the page says the model only ever saw shapes.
+    """
+    import datetime
+
     size = config.image_size
+    train_examples = load_splits(config).sizes["train"]  # reads annotations, no picture
 
     def decode(image_bytes):
         return caption_data.decode_image(image_bytes, size)
@@ -322,6 +330,9 @@ def export(model: Captioner, run_dir, config: CaptionerConfig):
         model,
         {
             "kind": "captioner",
+            "data": config.data,
+            "train_examples": train_examples,
+            "trained": datetime.date.today().isoformat(),
             "image_size": size,
             "grid_shape": list(model.grid_shape),
             "max_batch": MAX_SERVING_BATCH,

@@ -116,7 +116,20 @@ def batches(pairs: list[Pair], model: Seq2Seq, batch_size: int, shuffle: bool, s
 
 def export(model: Seq2Seq, run_dir, config: ChatbotConfig):
     """Writes `<run_dir>/export/chatbot/<version>/` with the `reply` endpoint (compiled with
-    XLA) and `reply_portable` (`shared.export.write_model_export`)."""
+    XLA) and `reply_portable` (`shared.export.write_model_export`).
+
+    The metadata also says what the model learned from (`data`, `train_examples` prompt/reply
+    pairs, the date `trained`), which the demo page tells its visitors.
+    """
+    import datetime
+    import logging
+
+    data_log = logging.getLogger("chatbot.data")  # it reported the data's flaws at the start
+    quiet, data_log.disabled = data_log.disabled, True
+    try:
+        train_examples = len(load_splits(config)[0])
+    finally:
+        data_log.disabled = quiet
     return write_model_export(
         run_dir / "export" / EXPORT_NAME,
         "reply",
@@ -125,6 +138,8 @@ def export(model: Seq2Seq, run_dir, config: ChatbotConfig):
         {
             "kind": "chatbot",
             "data": config.data,
+            "train_examples": train_examples,
+            "trained": datetime.date.today().isoformat(),
             "mode": config.mode,
             "max_source_length": config.max_source_length,
             "context_turns": config.context_turns,

@@ -166,7 +166,7 @@ def fit(
     patience: int,
     monitor: str = "val_loss",
     strategy: tf.distribute.Strategy | None = None,
-    progress: keras.callbacks.Callback | None = None,
+    watchers: list[keras.callbacks.Callback] = (),
 ) -> None:
     """`model.fit` that resumes a killed run and leaves the best epoch's weights in `model`.
 
@@ -174,8 +174,10 @@ def fit(
     export) finds `FINISHED_WEIGHTS` and goes straight on. `monitor` picks the best epoch:
     `val_loss`, or `loss` for a run that trains on all its data on purpose.
 
-    `progress` (a `shared.progress.ProgressLog`) records each epoch's wall time and quality
-    for the demo page and the time-to-quality benchmark. Keras prints a progress bar within
+    `watchers` run right after the backup is restored and before the checkpoint sees an
+    epoch's logs: the learning-rate schedule (`training.schedule`) and the progress log
+    (`shared.progress.ProgressLog`), which records each epoch's wall time and quality for the
+    demo page and the time-to-quality benchmark and adds the quality to the logs. Keras prints a progress bar within
     each epoch when the terminal is interactive, one line per epoch when it is not (CI, logs).
 
     `strategy` is the one the model was built under (see `training.distribute`). The mirrored
@@ -189,7 +191,7 @@ def fit(
             print(f"training finished earlier; loading {finished} and going on")
             _load_weights_only(model, finished)
         return
-    callbacks = training_callbacks(run_dir, patience, monitor, progress)
+    callbacks = training_callbacks(run_dir, patience, monitor, watchers)
     if distribute.needs_custom_loop(strategy):
         distribute.fit_custom_loop(model, strategy, train_batches, val_batches, epochs, callbacks)
     else:
@@ -218,10 +220,11 @@ def training_callbacks(
     run_dir: Path,
     patience: int,
     monitor: str = "val_loss",
-    progress: keras.callbacks.Callback | None = None,
+    watchers: list[keras.callbacks.Callback] = (),
 ) -> list[keras.callbacks.Callback]:
-    """Resumption, progress, best-model checkpoint, early stopping and logs, in the order Keras
-    runs them: `progress` adds its quality metrics to the epoch's logs before the rest see them.
+    """Resumption, `watchers`, best-model checkpoint, early stopping and logs, in the order
+    Keras runs them: a watcher may add to the epoch's logs (quality, learning rate) before the
+    rest see them.
 
     After a resumption, the best value so far comes from history.csv, so neither the
     checkpoint nor early stopping forgets the epochs before the interruption.
@@ -229,7 +232,7 @@ def training_callbacks(
     best_so_far = best_logged(run_dir / "history.csv", monitor)
     return [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
-        *([progress] if progress is not None else []),
+        *watchers,
         BestModelCheckpoint(run_dir / "model.keras", monitor, best_so_far),
         keras.callbacks.EarlyStopping(
             monitor=monitor, mode="min", patience=patience, baseline=best_so_far

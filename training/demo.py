@@ -1,24 +1,38 @@
-"""What `make demo` runs: train each model once if it has no export yet, then open both demos.
+"""What `make demo` runs: one page with both demos, served at once, while the models that have
+no export yet train in the background.
 
-    python -m training.demo [--no-launch] [--runs-dir runs] [--host 127.0.0.1] [--port 7860]
+    python -m training.demo [--no-train | --no-launch] [--runs-dir runs] [--host 127.0.0.1]
+                            [--port 7860]
 
-Why this module exists: a fresh checkout should reach a working demo with one command. For each
-model (captioner, chatbot) whose `<runs-dir>/<name>/export/<name>/` holds no version yet, the
-model's training script runs with its default settings (its output streams here); a model that
-already has an export is left alone. Then one page opens with a tab per demo. A missing training
-script or a failed run does not stop the rest: that demo's tab says no model was found.
+Why this module exists: a fresh checkout should reach a working demo with one command, and a
+user should not stare at a terminal for minutes before any page answers. So the page opens
+first, with a tab per model; then each model whose `<runs-dir>/<name>/export/<name>/` holds no
+version trains with its default settings in a child process, one model at a time (captioner
+first), its output streaming to this terminal. Each tab shows its training live and serves
+the model as soon as it is exported (`shared.training_panel`, `shared.serving.LiveExport`).
+
+Ctrl+C (or SIGTERM) stops the page and the training child: the child gets one SIGINT, which
+makes Keras stop after the current batch and the run record "stopped", and is killed if it has
+not exited within `STOP_SECONDS`. The next `make demo` starts the same command again, which
+resumes the run where its last epoch ended. `--no-launch` only trains what is missing, in the
+foreground; `--no-train` only serves.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared import serving
+from shared.training_panel import EXITED, QUEUED, RUNNING, Job
+
+STOP_SECONDS = 30.0  # how long a stopped training child may take to exit before it is killed
 
 
 @dataclass(frozen=True)
@@ -36,38 +50,129 @@ MODELS = (
 )
 
 
-def train_if_missing(model: DemoModel, runs_dir: Path) -> bool:
-    """Trains `model` into `<runs_dir>/<name>` unless it has an export; False if training failed.
+def training_command(model: DemoModel, runs_dir: Path) -> list[str]:
+    """The command that trains `model` into `<runs_dir>/<name>`; the same command resumes it."""
+    return [sys.executable, "-m", model.train_module, "--run-dir", str(runs_dir / model.name)]
 
-    A model whose training script does not exist (yet) is skipped with a note, not a failure.
+
+def models_to_train(runs_dir: Path) -> list[DemoModel]:
+    """The models without an export, in training order; says so for each model it skips (a
+    trained one, or one whose training script does not exist yet)."""
+    missing = []
+    for model in MODELS:
+        existing = serving.find_export(runs_dir / model.name, model.name)
+        if existing is not None:
+            print(f"{model.name}: using the trained model in {existing}", flush=True)
+        elif importlib.util.find_spec(model.train_module) is None:
+            print(
+                f"{model.name}: no training script {model.train_module} yet; skipping.", flush=True
+            )
+        else:
+            missing.append(model)
+    return missing
+
+
+class TrainingQueue:
+    """Runs training commands one at a time, each in a child process, and stops them cleanly.
+
+    `commands` maps a model's name to its command, in the order to run them. `start()` runs
+    them in a background thread (the page keeps serving); `run()` runs them here. `job(name)`
+    says what the page should know: queued (behind which model), running, or exited with its
+    code. `stop()` ends the current child (SIGINT, then SIGKILL after `stop_seconds`) and
+    starts no other.
+
+    Each child runs in its own process group, so a Ctrl+C at the terminal reaches only this
+    process, which then forwards exactly one SIGINT: a second one could cut short the child's
+    own clean-up (recording "stopped", closing its files).
     """
-    run_dir = runs_dir / model.name
-    existing = serving.find_export(run_dir, model.name)
-    if existing is not None:
-        print(f"{model.name}: using the trained model in {existing}", flush=True)
-        return True
-    if importlib.util.find_spec(model.train_module) is None:
-        print(f"{model.name}: no training script {model.train_module} yet; skipping.", flush=True)
-        return True
-    command = [sys.executable, "-m", model.train_module, "--run-dir", str(run_dir)]
-    print(f"{model.name}: no trained model yet; training one (a few minutes on a CPU):", flush=True)
-    print("  " + " ".join(command), flush=True)
-    exit_code = subprocess.run(command, check=False).returncode  # output streams through
-    if exit_code != 0 or serving.find_export(run_dir, model.name) is None:
-        print(f"{model.name}: training failed (exit code {exit_code}); see above.", flush=True)
-        return False
-    return True
+
+    def __init__(self, commands: dict[str, list[str]], stop_seconds: float = STOP_SECONDS):
+        self.commands = dict(commands)
+        self.stop_seconds = stop_seconds
+        self.exit_codes: dict[str, int] = {}
+        self.running: str | None = None
+        self._process: subprocess.Popen | None = None
+        self._stopped = False
+        self._lock = threading.Lock()  # between starting a child and stopping
+        self._thread: threading.Thread | None = None
+
+    def job(self, name: str) -> Job | None:
+        """What the page shows about `name`'s training; None when this queue does not train it."""
+        if name not in self.commands:
+            return None
+        if name in self.exit_codes:
+            return Job(EXITED, self.exit_codes[name])
+        if name == self.running:
+            return Job(RUNNING)
+        waiting = [n for n in self.commands if n not in self.exit_codes]
+        ahead = waiting[: waiting.index(name)]
+        return Job(QUEUED, after=self.running or (ahead[0] if ahead else None))
+
+    def start(self) -> None:
+        """Runs the queue in a background thread."""
+        self._thread = threading.Thread(target=self.run, name="training-queue", daemon=True)
+        self._thread.start()
+
+    def run(self) -> bool:
+        """Runs each command to its end, in order, until stopped; True when all succeeded."""
+        for name, command in self.commands.items():
+            with self._lock:
+                if self._stopped:
+                    break
+                print(f"{name}: no trained model yet; training one:", flush=True)
+                print("  " + " ".join(command), flush=True)
+                self._process = subprocess.Popen(command, process_group=0)
+                self.running = name
+            exit_code = self._process.wait()  # the child's output streams through
+            self.exit_codes[name] = exit_code
+            self.running = None
+            if exit_code != 0 and not self._stopped:
+                print(f"{name}: training failed (exit code {exit_code}); see above.", flush=True)
+        return all(self.exit_codes.get(name) == 0 for name in self.commands)
+
+    def stop(self) -> None:
+        """Stops the running child, if any (it resumes at the next start), and starts no other."""
+        with self._lock:
+            self._stopped = True
+            process, name = self._process, self.running
+        if process is None or process.poll() is not None:
+            return
+        print(f"{name}: stopping its training; the next `make demo` resumes it.", flush=True)
+        try:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=self.stop_seconds)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):  # slow, or a second Ctrl+C
+            print(f"{name}: training did not stop in time; killing it.", flush=True)
+            process.kill()
+            process.wait()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Waits for the background thread of `start()` to finish the queue."""
+        if self._thread is not None:
+            self._thread.join(timeout)
 
 
-def build_demo(runs_dir: Path, delete_cache: tuple[int, int] = serving.DELETE_CACHE):
-    """One `gr.Blocks` page with a tab per model; `delete_cache` as in the apps' `build_app`."""
+def build_demo(
+    runs_dir: Path,
+    delete_cache: tuple[int, int] = serving.DELETE_CACHE,
+    queue: TrainingQueue | None = None,
+):
+    """One `gr.Blocks` page with a tab per model; `delete_cache` as in the apps' `build_app`;
+    `queue`, when given, is what trains the models (each tab shows its job)."""
     import gradio as gr
 
     from captioner.app import build_app as build_captioner
     from chatbot.app import build_app as build_chatbot
 
     builders = {"captioner": build_captioner, "chatbot": build_chatbot}
-    apps = [builders[model.name](runs_dir / model.name, delete_cache) for model in MODELS]
+    apps = [
+        builders[model.name](
+            runs_dir / model.name,
+            delete_cache,
+            job=(lambda name=model.name: queue.job(name)) if queue is not None else None,
+        )
+        for model in MODELS
+    ]
     page = gr.TabbedInterface(apps, [model.tab_title for model in MODELS], title="Glimpse")
     # Gradio cleans the cache of the Blocks it launches (the tabs' cached files join this one's
     # when they are rendered into it), and TabbedInterface takes no `delete_cache` argument.
@@ -77,17 +182,31 @@ def build_demo(runs_dir: Path, delete_cache: tuple[int, int] = serving.DELETE_CA
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--no-launch", action="store_true", help="only train what is missing")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--no-launch", action="store_true", help="only train what is missing")
+    modes.add_argument("--no-train", action="store_true", help="only serve what is trained")
     parser.add_argument("--runs-dir", default="runs", help="holds one run folder per model")
     serving.add_launch_arguments(parser)
     args = parser.parse_args(argv)
     settings = serving.prepare_launch(parser, args) if not args.no_launch else None
 
     runs_dir = Path(args.runs_dir)
-    succeeded = [train_if_missing(model, runs_dir) for model in MODELS]
-    if settings is None:
-        sys.exit(0 if all(succeeded) else 1)
-    serving.serve_forever(build_demo(runs_dir, settings.delete_cache), settings)
+    missing = [] if args.no_train else models_to_train(runs_dir)
+    queue = TrainingQueue({model.name: training_command(model, runs_dir) for model in missing})
+    signal.signal(signal.SIGTERM, interrupt)  # a service manager's stop also stops training
+    try:
+        if settings is None:
+            sys.exit(0 if queue.run() else 1)
+        page = build_demo(runs_dir, settings.delete_cache, queue)
+        serving.serve_forever(page, settings, started=queue.start)
+    except KeyboardInterrupt:
+        sys.exit(130)  # the conventional code of a Ctrl+C, without a traceback
+    finally:
+        queue.stop()
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM ends the demo the way Ctrl+C does
 
 
 if __name__ == "__main__":

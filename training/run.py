@@ -25,6 +25,7 @@ from shared.progress import QualityCheck
 from shared.text import Vocabulary
 from training import distribute
 from training.common import fit, prepare_run_dir, save_config, save_vocabulary
+from training.schedule import LearningRateSchedule, steps_per_epoch
 from training.settings import RunSettings
 
 
@@ -127,6 +128,13 @@ def _fit_evaluate_export(recipe, config, run_dir, data, vocabularies, strategy, 
         targets=recipe.quality_targets(config),
         stop_at_targets=config.stop_at_targets,
     )
+    schedule = LearningRateSchedule(
+        config.learning_rate,
+        config.epochs,
+        steps_per_epoch(train_batches),
+        config.warmup_epochs,
+        config.schedule,
+    )
     by_quality = single and recipe.picks_by_quality(config)
     fit(
         model,
@@ -137,7 +145,7 @@ def _fit_evaluate_export(recipe, config, run_dir, data, vocabularies, strategy, 
         config.patience,
         "quality_gap" if by_quality else recipe.monitor(config),
         strategy=strategy,
-        progress=progress,
+        watchers=[schedule, progress],
     )
     metrics = {}
     if evaluate and chief:

@@ -16,6 +16,7 @@ from shared.attention import ATTENTION_SCORES
 from shared.config import setting
 from shared.decoder import CELLS, PLACEMENTS, default_placement
 from training.distribute import STRATEGIES
+from training.schedule import SCHEDULES
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 
@@ -26,6 +27,9 @@ class RunSettings:
     # === Decoder ===
     embedding_dim: int = setting(64, "token embedding size", section="Decoder")
     units: int = setting(256, "decoder units per layer", section="Decoder")
+    attention_units: int = setting(
+        0, "size of the additive or concat attention score (0: --units)", section="Decoder"
+    )
     cell: str = setting("lstm", "decoder cell", choices=tuple(CELLS), section="Decoder")
     num_layers: int = setting(1, "stacked decoder layers", section="Decoder")
     attention: str = setting(
@@ -45,7 +49,19 @@ class RunSettings:
     # === Training ===
     epochs: int = setting(10, "most passes over the training data", section="Training")
     batch_size: int = setting(64, "examples per step", section="Training")
-    learning_rate: float = setting(3e-3, "Adam learning rate", section="Training")
+    learning_rate: float = setting(3e-3, "Adam learning rate (the peak one)", section="Training")
+    schedule: str = setting(
+        "constant",
+        "learning rate over the run: constant | cosine (decays to a twentieth of the peak at "
+        "the last of --epochs)",
+        SCHEDULES,
+        section="Training",
+    )
+    warmup_epochs: float = setting(
+        0.0,
+        "epochs over which the rate rises linearly from a tenth of the peak to it",
+        section="Training",
+    )
     patience: int = setting(3, "epochs without improvement before stopping", section="Training")
     seed: int = setting(0, "seeds Python, NumPy and TensorFlow", section="Training")
     strategy: str = setting(
@@ -102,6 +118,7 @@ class RunSettings:
         return {
             "embedding_dim": self.embedding_dim,
             "units": self.units,
+            "attention_units": self.attention_units or None,
             "cell": self.cell,
             "num_layers": self.num_layers,
             "dropout": self.dropout,

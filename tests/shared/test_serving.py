@@ -63,7 +63,7 @@ def test_share_without_a_password_is_refused_before_anything_starts(monkeypatch,
     monkeypatch.setattr(serving, "serve_forever", must_not_run)
     monkeypatch.setattr(caption_app, "build_app", must_not_run)
     monkeypatch.setattr(chat_app, "build_app", must_not_run)
-    monkeypatch.setattr(demo_command, "train_if_missing", must_not_run)
+    monkeypatch.setattr(demo_command, "models_to_train", must_not_run)
     for main in (caption_app.main, chat_app.main, demo_command.main):
         with pytest.raises(SystemExit) as exit_info:
             main(["--share", "true"])
