@@ -7,7 +7,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 DEV_STAMP := $(VENV)/.installed-dev-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 export GRADIO_ANALYTICS_ENABLED := False
-export TF_CPP_MIN_LOG_LEVEL := 2
+# TensorFlow's start-up lines are kept off the terminal by shared/terminal.py (a level set
+# here would override it); `make demo GLIMPSE_VERBOSE=1` shows them.
 
 .PHONY: demo test lint setup setup-dev system-deps train clean help
 

@@ -120,7 +120,6 @@ def run_isolated(module: str, spec: dict, timeout: float = 900) -> dict:
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     process = subprocess.run(
         [sys.executable, "-m", module, "--worker", json.dumps(spec)],
         cwd=REPO_ROOT,

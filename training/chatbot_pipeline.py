@@ -91,14 +91,20 @@ def batches(pairs: list[Pair], model: Seq2Seq, batch_size: int, shuffle: bool, s
     prompts = tf.constant([p.prompt for p in pairs], tf.string)
     replies = tf.constant([p.reply for p in pairs], tf.string)
     dataset = tf.data.Dataset.from_tensor_slices((prompts, replies))
+
+    def grouped(dataset):
+        return batching.group_by_length(
+            dataset, lambda prompt, reply: batching.word_count(reply), LENGTH_BUCKETS, batch_size
+        )
+
+    # Grouped batches have no count tf.data knows, so Keras would learn an epoch's length by
+    # running out of data (and warn so) and show the first epoch without a total. Counted
+    # before shuffling (the count is the same in any order; counting a shuffled dataset
+    # would use up one of its orders): strings only, cheap.
+    count = int(grouped(dataset).reduce(0, lambda count, _: count + 1))
     if shuffle:
         dataset = dataset.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
-    dataset = batching.group_by_length(
-        dataset,
-        lambda prompt, reply: batching.word_count(reply),
-        LENGTH_BUCKETS,
-        batch_size,
-    )
+    dataset = grouped(dataset).apply(tf.data.experimental.assert_cardinality(count))
 
     def to_model_inputs(prompt, reply):
         source = model.source_text(prompt)

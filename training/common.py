@@ -200,6 +200,7 @@ def fit(
             validation_data=val_batches,
             epochs=epochs,
             callbacks=callbacks,
+            shuffle=False,  # the pipelines shuffle; Keras cannot shuffle a tf.data.Dataset
             verbose=1 if sys.stdout.isatty() else 2,
         )
     best = run_dir / "model.keras"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from captioner.shapes import SHAPE_WORDS
 from shared import config as config_io
 from shared.metrics import cider_d, corpus_bleu
 from shared.plots import attention_over_image
+from shared.terminal import Progress
 from training.captioner_config import CaptionerConfig
 from training.captioner_pipeline import load_split
 from training.common import UserError, run_main, write_json
@@ -48,31 +50,51 @@ def caption_records(
 ) -> Iterator[dict]:
     """Captions every element, a batch at a time; yields one dict per image with what
     evaluation needs: "image", "caption", "tokens", "attention" `(max_length, regions)`,
-    "references", "labels", "boxes". Only the current batch is held."""
-    size = model.image_size
+    "references", "labels", "boxes". Only the current batch is held. The search is traced
+    once per model."""
+    caption = _caption_function(model)
+    search = "greedy" if beam_size == 1 else f"beam {beam_size}"
+    total = int(dataset.cardinality())
+    with Progress(f"captioning ({search})", total, "images") as progress:
+        for batch in dataset.padded_batch(batch_size).as_numpy_iterator():
+            outputs = caption(tf.constant(batch["image"]), tf.constant(beam_size))
+            outputs = {name: value.numpy() for name, value in outputs.items()}
+            for i in range(len(batch["image"])):
+                yield {
+                    "image": batch["image"][i],
+                    "caption": outputs["caption"][i].decode("utf-8"),
+                    "tokens": [t for t in _strings(outputs["tokens"][i]) if t],
+                    "attention": outputs["attention"][i],
+                    "references": [c for c in _strings(batch["captions"][i]) if c],
+                    "labels": [x for x in _strings(batch["labels"][i]) if x],
+                    "boxes": batch["boxes"][i][: len([x for x in batch["labels"][i] if x])],
+                }
+            progress.advance(len(batch["image"]))
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None, size, size, 3], tf.uint8),
-            tf.TensorSpec([], tf.int32),
-        ]
-    )
-    def caption(images, beam):
-        return model.caption_images(images, beam_size=beam)
 
-    for batch in dataset.padded_batch(batch_size).as_numpy_iterator():
-        outputs = caption(tf.constant(batch["image"]), tf.constant(beam_size))
-        outputs = {name: value.numpy() for name, value in outputs.items()}
-        for i in range(len(batch["image"])):
-            yield {
-                "image": batch["image"][i],
-                "caption": outputs["caption"][i].decode("utf-8"),
-                "tokens": [t for t in _strings(outputs["tokens"][i]) if t],
-                "attention": outputs["attention"][i],
-                "references": [c for c in _strings(batch["captions"][i]) if c],
-                "labels": [x for x in _strings(batch["labels"][i]) if x],
-                "boxes": batch["boxes"][i][: len([x for x in batch["labels"][i] if x])],
-            }
+# The traced search of each model, made on its first use: the quality check after every epoch
+# captions the validation images again, and tracing the search anew each time cost seconds.
+# Weak keys: a model no longer used takes its function with it.
+_CAPTION = weakref.WeakKeyDictionary()
+
+
+def _caption_function(model: Captioner):
+    caption = _CAPTION.get(model)
+    if caption is None:
+        model_ref = weakref.ref(model)  # a strong reference would keep the key alive
+        size = model.image_size
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, size, size, 3], tf.uint8),
+                tf.TensorSpec([], tf.int32),
+            ]
+        )
+        def caption(images, beam):
+            return model_ref().caption_images(images, beam_size=beam)
+
+        _CAPTION[model] = caption
+    return caption
 
 
 def cells_overlapping(box, grid_shape) -> np.ndarray:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import weakref
 from pathlib import Path
 
 import keras
@@ -31,6 +32,7 @@ from chatbot.model import Seq2Seq
 from shared import config as config_io
 from shared.metrics import Perplexity, corpus_bleu, distinct_count, distinct_n, exact_match
 from shared.plots import attention_heatmap
+from shared.terminal import Progress
 from shared.text import join_tokens, split_tokens
 from training.chatbot_config import ChatbotConfig
 from training.chatbot_pipeline import batches, load_splits
@@ -49,26 +51,47 @@ UNSEEN_PROMPTS = (
 
 
 def reply_all(model: Seq2Seq, prompts: list[str], beam_size: int = 1, batch_size: int = 128):
-    """Replies to every prompt, in batches, with the in-graph search."""
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int32)])
-    def respond(texts, beam):
-        return model.reply_texts(texts, beam_size=beam)
-
+    """Replies to every prompt, in batches, with the in-graph search (traced once per model)."""
+    respond = _respond_function(model)
     outputs = []
-    for start in range(0, len(prompts), batch_size):
-        batch = respond(tf.constant(prompts[start : start + batch_size]), tf.constant(beam_size))
-        batch = {name: value.numpy() for name, value in batch.items()}
-        for i in range(len(batch["reply"])):
-            outputs.append(
-                {
-                    "reply": batch["reply"][i].decode("utf-8"),
-                    "reply_tokens": [t.decode() for t in batch["reply_tokens"][i] if t],
-                    "input_tokens": [t.decode() for t in batch["input_tokens"][i] if t],
-                    "attention": batch["attention"][i],
-                }
-            )
+    search = "greedy" if beam_size == 1 else f"beam {beam_size}"
+    with Progress(f"replying ({search})", len(prompts), "prompts") as progress:
+        for start in range(0, len(prompts), batch_size):
+            texts = prompts[start : start + batch_size]
+            batch = respond(tf.constant(texts, tf.string), tf.constant(beam_size))
+            batch = {name: value.numpy() for name, value in batch.items()}
+            for i in range(len(batch["reply"])):
+                outputs.append(
+                    {
+                        "reply": batch["reply"][i].decode("utf-8"),
+                        "reply_tokens": [t.decode() for t in batch["reply_tokens"][i] if t],
+                        "input_tokens": [t.decode() for t in batch["input_tokens"][i] if t],
+                        "attention": batch["attention"][i],
+                    }
+                )
+            progress.advance(len(texts))
     return outputs
+
+
+# The traced search of each model, made on its first use: the quality check after every epoch
+# calls `reply_all` again, and tracing the search anew each time cost seconds (and TensorFlow's
+# retracing warning). Weak keys: a model no longer used takes its function with it.
+_RESPOND = weakref.WeakKeyDictionary()
+
+
+def _respond_function(model: Seq2Seq):
+    respond = _RESPOND.get(model)
+    if respond is None:
+        model_ref = weakref.ref(model)  # a strong reference would keep the key alive
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int32)]
+        )
+        def respond(texts, beam):
+            return model_ref().reply_texts(texts, beam_size=beam)
+
+        _RESPOND[model] = respond
+    return respond
 
 
 def normalized(model: Seq2Seq, texts: list[str]) -> list[str]:

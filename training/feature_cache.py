@@ -16,6 +16,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from shared.terminal import Progress
+
 
 def cached_features(
     dataset: tf.data.Dataset, model, path: Path, batch_size: int = 64
@@ -60,8 +62,9 @@ def cached_features(
     )
     if not Path(f"{path}.index").is_file():
         print(f"caching frozen {model.encoder_name} features in {path} (once)")
-        for _ in cached:  # one pass fills the cache; training then only reads it
-            pass
+        with Progress("caching features", int(dataset.cardinality()), "images") as progress:
+            for _ in cached:  # one pass fills the cache; training then only reads it
+                progress.advance()
     return cached
 
 
