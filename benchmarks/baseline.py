@@ -166,6 +166,19 @@ def copy_weights(ours, baseline, inputs) -> None:
     memory, mask = baseline.encode(inputs)
     hidden = baseline.decoder.initial_state(memory, mask)
     baseline.decoder(inputs["decoder_inputs"][:, 0], hidden, memory, mask)
+    for source, target in _same_layers(ours, baseline):
+        target.set_weights(source.get_weights())
+
+
+def copy_weights_back(baseline, ours) -> None:
+    """Loads every weight of a trained `baseline` into `ours` (as `copy_weights` built them),
+    so that the baseline can be measured by our in-graph search and metrics."""
+    for ours_layer, baseline_layer in _same_layers(ours, baseline):
+        ours_layer.set_weights(baseline_layer.get_weights())
+
+
+def _same_layers(ours, baseline) -> list[tuple]:
+    """(layer of ours, layer of the baseline) pairs that hold the same weights."""
     if hasattr(ours, "cnn"):
         pairs = [(ours.cnn, baseline.encoder_layers[0]), (ours.regions, baseline.encoder_layers[1])]
     else:
@@ -173,7 +186,7 @@ def copy_weights(ours, baseline, inputs) -> None:
             zip([ours.encoder.embedding, *ours.encoder.recurrent_layers], baseline.encoder_layers)
         )
     d, b = ours.decoder, baseline.decoder
-    pairs += [
+    return pairs + [
         (d.embedding, b.embedding),
         (d.cells[0], b.lstm),
         (d.attention.query_projection, b.attention.W1),
@@ -182,8 +195,6 @@ def copy_weights(ours, baseline, inputs) -> None:
         (d.bridge, b.bridge),
         (d.output_projection, b.fc),
     ]
-    for source, target in pairs:
-        target.set_weights(source.get_weights())
 
 
 # === Training, tutorial style ===

@@ -13,8 +13,9 @@ file) after every epoch and every few seconds within one. It holds:
      "elapsed_seconds": 151.2,      # training wall time so far, quality checks included
      "history": [{"epoch": 1, "elapsed_seconds": 50.3, "train_seconds": 48.1,
                   "quality_seconds": 2.2, "loss": 1.9, "val_loss": 1.7,
-                  "quality": {"bleu_4": 61.2, ...}, "targets_met": false}, ...],
-     "targets": {"bleu_4": 90.0, ...},           # the quality the run aims for (may be {})
+                  "quality": {"bleu4": 61.2, ...}, "targets_met": false,
+                  "quality_gap": 0.43}, ...],   # the last two only when there are targets
+     "targets": {"bleu4": 90.0, ...},            # the quality the run aims for (may be {})
      "samples": [{"image": "progress_samples/0.png", "text": "a red circle"}, ...],
      "error": null,                 # what went wrong, when status is "failed"
      "updated": 1796221137.4}       # time.time() of the last write
@@ -169,9 +170,9 @@ class ProgressLog(keras.callbacks.Callback):
             entry["quality"] = metrics
             entry["targets_met"] = targets_met(metrics, self.targets) if self.targets else None
             self.progress["samples"] = checked.get("samples", [])
-            if self.targets:
-                metrics["quality_gap"] = quality_gap(metrics, self.targets)
             logs.update(metrics)  # seen by the callbacks after this one
+            if self.targets:
+                entry["quality_gap"] = logs["quality_gap"] = quality_gap(metrics, self.targets)
             if self.stop_at_targets and entry["targets_met"]:
                 print(f"epoch {epoch + 1}: every quality target reached; training stops.")
                 self.model.stop_training = True

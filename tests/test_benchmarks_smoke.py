@@ -19,10 +19,10 @@ import pytest
 from tests.subprocess_helpers import PROJECT_ROOT, run_python
 
 
-def run_quick(name: str, out: Path) -> dict:
+def run_quick(name: str, out: Path, *extra: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     env["GLIMPSE_BENCH_DATA"] = str(out / "data")
-    args = ["-m", f"benchmarks.{name}", "--quick", "--out", str(out)]
+    args = ["-m", f"benchmarks.{name}", "--quick", "--out", str(out), *extra]
     run_python(args, cwd=PROJECT_ROOT, env=env, timeout=600)
     result = json.loads((out / f"{name}-quick.json").read_text())
     assert result["quick"] is True
@@ -62,6 +62,123 @@ def test_decoder_levers_compare_the_same_computation(tmp_path):
             losses = [r["loss_step0"] for r in rows if r["app"] == app and family in r["variant"]]
             assert len(losses) >= 2
             assert losses == pytest.approx([losses[0]] * len(losses), rel=1e-5), (app, family)
+
+
+@pytest.mark.slow
+def test_time_to_quality_runs_both_apps_both_ways_and_draws_the_curves(tmp_path, monkeypatch):
+    from shared.progress import read_progress
+
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "runs"))  # its run directories, removed after
+    rows = run_quick("time_to_quality", tmp_path, "--data-dir", str(tmp_path / "data"))["rows"]
+    found = sorted((row["app"], row["implementation"]) for row in rows)
+    assert found == [
+        ("captioner", "baseline"),
+        ("captioner", "ours"),
+        ("chatbot", "baseline"),
+        ("chatbot", "ours"),
+    ]
+    headline = {"captioner": "bleu4", "chatbot": "corpus_recall"}
+    for row in rows:
+        where = (row["app"], row["implementation"])
+        history = row["history"]
+        assert history and row["epochs"] == len(history) <= 2, where
+        assert [entry["epoch"] for entry in history] == list(range(1, len(history) + 1)), where
+        elapsed = [entry["elapsed_seconds"] for entry in history]
+        assert all(b > a for a, b in zip(elapsed, elapsed[1:])) and elapsed[0] > 0, where
+        assert all(headline[row["app"]] in entry["quality"] for entry in history), where
+        assert len(row["curve"]) == len(history), where
+        assert row["final_validation"] == history[-1]["quality"], where
+        if row["minutes_to_targets"] is None:
+            assert row["epoch_met"] is None and not any(e["targets_met"] for e in history)
+    ours = [row for row in rows if row["implementation"] == "ours"]
+    assert all(row["test"] for row in ours), "ours evaluates on the test split after training"
+    for row in ours:
+        assert Path(row["run_dir"]).parent == tmp_path / "runs"
+        record = read_progress(row["run_dir"])
+        assert record["status"] == "done" and record["history"] == row["history"]
+    picture = tmp_path / "time_to_quality-quick.png"
+    assert picture.read_bytes().startswith(b"\x89PNG")
+
+
+def ttq_entry(epoch: int, seconds: float, met, **quality) -> dict:
+    return {"epoch": epoch, "elapsed_seconds": seconds, "quality": quality, "targets_met": met}
+
+
+def test_time_to_quality_first_met_is_the_first_epoch_meeting_every_target():
+    from benchmarks.time_to_quality import first_met
+
+    history = [
+        ttq_entry(1, 60.0, False, bleu4=10.0),
+        ttq_entry(2, 120.0, None, bleu4=20.0),
+        ttq_entry(3, 180.0, True, bleu4=90.0),
+        ttq_entry(4, 240.0, True, bleu4=95.0),
+    ]
+    assert first_met(history) == history[2]
+    assert first_met(history[:2]) is None
+    assert first_met([]) is None
+
+
+def test_time_to_quality_summary_reads_minutes_and_the_curve_from_the_history():
+    from benchmarks.time_to_quality import summary
+
+    history = [
+        ttq_entry(1, 30.0, False, corpus_recall=0.5),
+        ttq_entry(2, 90.0, True, corpus_recall=0.95),
+        ttq_entry(3, 150.0, True, corpus_recall=0.97),
+    ]
+    row = summary("chatbot", "defaults", history, {"implementation": "ours"})
+    assert (row["minutes_to_targets"], row["epoch_met"]) == (1.5, 2)
+    assert row["training_minutes"] == 2.5
+    assert row["curve"] == [(0.5, 0.5), (1.5, 0.95), (2.5, 0.97)]
+    assert row["final_validation"] == {"corpus_recall": 0.97}
+    assert row["implementation"] == "ours" and row["epochs"] == 3
+    never = summary("chatbot", "x", history[:1], {})
+    assert (never["minutes_to_targets"], never["epoch_met"]) == (None, None)
+
+
+def ttq_row(app, implementation, minutes, training_minutes=10.0, **extra) -> dict:
+    return {
+        "app": app,
+        "implementation": implementation,
+        "label": "defaults",
+        "minutes_to_targets": minutes,
+        "epoch_met": 3 if minutes else None,
+        "training_minutes": training_minutes,
+        "final_validation": {"corpus_recall": 0.93, "loss": 1.25},
+        **extra,
+    }
+
+
+def test_time_to_quality_table_says_how_much_sooner_ours_met_the_targets():
+    from benchmarks.time_to_quality import table_rows
+
+    rows = [
+        ttq_row("chatbot", "ours", 2.0, test={"corpus": {"corpus_recall": 0.94}}),
+        ttq_row("chatbot", "baseline", 6.0),
+        ttq_row("captioner", "ours", 4.0, test={"greedy": {"bleu4": 61.5, "other": 1.0}}),
+        ttq_row("captioner", "baseline", None, training_minutes=30.0),
+    ]
+    shown = {(r["app"], r["implementation"]): r for r in table_rows(rows)}
+    assert shown["chatbot", "ours"]["times_sooner"] == "3.0×"
+    assert shown["captioner", "ours"]["times_sooner"] == "> 7.5× (never)"
+    assert shown["chatbot", "baseline"]["times_sooner"] == "—"
+    assert shown["captioner", "baseline"]["times_sooner"] == "—"
+    assert shown["captioner", "baseline"]["epoch_met"] == "not met"
+    assert shown["chatbot", "ours"]["epoch_met"] == 3
+    assert shown["chatbot", "ours"]["validation"] == "corpus_recall 0.93"
+    assert shown["chatbot", "ours"]["test_greedy"] == "corpus_recall 0.94"
+    assert shown["captioner", "ours"]["test_greedy"] == "bleu4 61.5"
+    assert shown["chatbot", "baseline"]["test_greedy"] == ""
+
+
+def test_time_to_quality_table_without_a_verdict_when_ours_never_met_or_has_no_baseline():
+    from benchmarks.time_to_quality import table_rows
+
+    never = table_rows([ttq_row("chatbot", "ours", None), ttq_row("chatbot", "baseline", 6.0)])
+    assert never[0]["times_sooner"] == "—"
+    alone = table_rows([ttq_row("chatbot", "ours", 2.0), ttq_row("captioner", "baseline", 6.0)])
+    assert alone[0]["times_sooner"] == "—", "another app's baseline is no reference"
 
 
 def test_interleaved_timing_calls_in_turns_and_pairs_each_round(monkeypatch):

@@ -43,6 +43,8 @@ def steps_per_epoch(dataset: tf.data.Dataset) -> int:
     steps = int(dataset.cardinality())
     if steps >= 0:
         return steps
+    if steps == tf.data.INFINITE_CARDINALITY:
+        raise ValueError("An epoch of a dataset that repeats forever has no end to count.")
     return int(dataset.reduce(0, lambda count, _: count + 1))
 
 
