@@ -79,7 +79,7 @@ class ChatbotRecipe(run.Recipe):
         prompts = [pair.prompt for pair in measured[:QUALITY_SAMPLES]]
 
         def check(model, samples_dir: Path) -> dict:
-            metrics = evaluate_chatbot.corpus_recall(model, measured)
+            metrics = evaluate_chatbot.teacher_forced_recall(model, measured)
             outputs = evaluate_chatbot.reply_all(model, prompts)
             evaluate_chatbot.write_samples(outputs, samples_dir)
             samples = [

@@ -645,3 +645,35 @@ def test_a_run_refused_for_jit_compile_leaves_nothing_that_refuses_the_corrected
     code, stderr = run_cli(main, [*command_line(config), "--no-evaluate"])
     assert code == 0, stderr
     assert export_versions(tmp_path / "run", EXPORT_NAME) == [1]
+
+
+def test_teacher_forced_recall_finds_the_prompts_greedy_search_answers(tmp_path):
+    """The per-epoch quality check's shortcut (`teacher_forced_recall`) against the real thing
+    (`corpus_recall`, which runs greedy search), on a small model trained until it answers
+    its prompts: both count the same prompts, and neither finds a changed reference."""
+    from chatbot.data import Pair
+    from training import chatbot_pipeline
+    from training.evaluate_chatbot import corpus_recall, teacher_forced_recall
+
+    config = ChatbotConfig(
+        run_dir=str(tmp_path),
+        data="reverse:num=64,min_len=1,max_len=3,vocab_size=5",
+        units=32,
+        embedding_dim=16,
+        encoder_units=16,
+        learning_rate=0.02,
+    )
+    keras.utils.set_random_seed(0)
+    pairs, _, _ = chatbot_pipeline.load_splits(config)
+    model = chatbot_pipeline.build_model(
+        config, *chatbot_pipeline.build_vocabularies(config, pairs)
+    )
+    model.fit(
+        chatbot_pipeline.batches(pairs, model, 16, True, 0), epochs=25, shuffle=False, verbose=0
+    )
+    half = len(pairs) // 2
+    mixed = pairs[:half] + [Pair(p.prompt, p.reply + " e", p.source) for p in pairs[half:]]
+    for measured in (pairs, mixed):
+        assert teacher_forced_recall(model, measured) == corpus_recall(model, measured)
+    recalled = corpus_recall(model, mixed)
+    assert 0 < recalled["answered_with_reference"] < recalled["prompts"], recalled
