@@ -83,7 +83,11 @@ class CaptionerConfig(RunSettings):
         0.0, "doubly stochastic attention penalty λ (Xu et al. use 1.0)", section="Decoder"
     )
     # === Training (the rest in RunSettings) ===
-    epochs: int = setting(12, "most passes over the training images", section="Training")
+    epochs: int = setting(
+        20,
+        "most passes over the training images (the built-in data stops at its targets sooner)",
+        section="Training",
+    )
     batch_size: int = setting(
         64, "images per step (each with one of its captions at random)", section="Training"
     )

@@ -68,8 +68,11 @@ class ChatbotConfig(RunSettings):
         True, "Luong placement: feed the attentional vector back", section="Decoder"
     )
     # === Training (the rest in RunSettings) ===
-    epochs: int = setting(60, "most passes over the training pairs", section="Training")
-    batch_size: int = setting(64, "pairs per step", section="Training")
+    epochs: int = setting(40, "most passes over the training pairs", section="Training")
+    # Small batches and a large rate: the default run memorises its corpus, which takes many
+    # updates (benchmarks/README.md, time to quality).
+    batch_size: int = setting(32, "pairs per step", section="Training")
+    learning_rate: float = setting(1e-2, "Adam learning rate (the peak one)", section="Training")
     patience: int = setting(5, "epochs without improvement before stopping", section="Training")
     seed: int = setting(
         0, "seeds Python, NumPy and TensorFlow, and the data split", section="Training"

@@ -167,12 +167,16 @@ def fit(
     monitor: str = "val_loss",
     strategy: tf.distribute.Strategy | None = None,
     watchers: list[keras.callbacks.Callback] = (),
+    keep: str | None = None,
 ) -> None:
     """`model.fit` that resumes a killed run and leaves the best epoch's weights in `model`.
 
     A run killed during fit resumes from `backup/`; one killed after fit (during evaluation or
     export) finds `FINISHED_WEIGHTS` and goes straight on. `monitor` picks the best epoch:
-    `val_loss`, or `loss` for a run that trains on all its data on purpose.
+    `val_loss`, or `loss` for a run that trains on all its data on purpose; `keep`, if given,
+    picks it instead (`quality_gap`: the epoch nearest the quality targets) while `monitor`
+    still decides when training has stopped improving (a quality that is still 0 after a few
+    epochs says nothing about progress; the loss does).
 
     `watchers` run right after the backup is restored and before the checkpoint sees an
     epoch's logs: the learning-rate schedule (`training.schedule`) and the progress log
@@ -191,7 +195,7 @@ def fit(
             print(f"training finished earlier; loading {finished} and going on")
             _load_weights_only(model, finished)
         return
-    callbacks = training_callbacks(run_dir, patience, monitor, watchers)
+    callbacks = training_callbacks(run_dir, patience, monitor, watchers, keep)
     if distribute.needs_custom_loop(strategy):
         distribute.fit_custom_loop(model, strategy, train_batches, val_batches, epochs, callbacks)
     else:
@@ -222,6 +226,7 @@ def training_callbacks(
     patience: int,
     monitor: str = "val_loss",
     watchers: list[keras.callbacks.Callback] = (),
+    keep: str | None = None,
 ) -> list[keras.callbacks.Callback]:
     """Resumption, `watchers`, best-model checkpoint, early stopping and logs, in the order
     Keras runs them: a watcher may add to the epoch's logs (quality, learning rate) before the
@@ -231,10 +236,12 @@ def training_callbacks(
     checkpoint nor early stopping forgets the epochs before the interruption.
     """
     best_so_far = best_logged(run_dir / "history.csv", monitor)
+    keep = keep or monitor
+    best_kept = best_logged(run_dir / "history.csv", keep)
     return [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
         *watchers,
-        BestModelCheckpoint(run_dir / "model.keras", monitor, best_so_far),
+        BestModelCheckpoint(run_dir / "model.keras", keep, best_kept),
         keras.callbacks.EarlyStopping(
             monitor=monitor, mode="min", patience=patience, baseline=best_so_far
         ),

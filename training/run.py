@@ -143,9 +143,10 @@ def _fit_evaluate_export(recipe, config, run_dir, data, vocabularies, strategy, 
         val_batches,
         config.epochs,
         config.patience,
-        "quality_gap" if by_quality else recipe.monitor(config),
+        recipe.monitor(config),
         strategy=strategy,
         watchers=[schedule, progress],
+        keep="quality_gap" if by_quality else None,
     )
     metrics = {}
     if evaluate and chief:
