@@ -46,8 +46,8 @@ HEADLINE = {"captioner": "bleu4", "chatbot": "corpus_recall"}  # the metric on t
 LEVELS = {"captioner": (60.0, 80.0, 85.0), "chatbot": (0.5, 0.8, 0.9)}
 CAP_MINUTES = 30.0
 QUICK_SETTINGS = {
-    "captioner": {"num_train": 128, "num_val": 32, "num_test": 32, "epochs": 2, "units": 32},
-    "chatbot": {"data": "reverse:num=128", "epochs": 2, "units": 32, "encoder_units": 16},
+    "captioner": {"num_train": 64, "num_val": 16, "num_test": 16, "epochs": 2, "units": 16},
+    "chatbot": {"data": "reverse:num=64", "epochs": 2, "units": 16, "encoder_units": 8},
 }
 
 

@@ -46,7 +46,12 @@ from tests.training.helpers import REPO_ROOT, run_fresh_python
 READABLE = READABLE_CASE_NAMES
 UNREADABLE = tuple(name for name in SMALL_IMAGE_CASE_NAMES if name not in READABLE)
 # What TensorFlow's decoders say about a file they cannot read: short, but it names the problem.
-CLEAR_DECODE_ERROR = r"(?i)input is empty|unknown image file format|invalid \w+ data|pixels"
+# TensorFlow's own words for a picture it cannot decode ("Invalid PNG. Failed to initialize
+# decoder." for a bare PNG signature, which hypothesis found).
+CLEAR_DECODE_ERROR = (
+    r"(?i)input is empty|unknown image file format|invalid \w+ data|invalid (png|jpeg|gif|bmp)\b"
+    r"|pixels"
+)
 
 
 def max_rss_bytes() -> int:

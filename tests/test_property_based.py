@@ -23,7 +23,7 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from shared.text import PAD_ID, TextVectorizer, Vocabulary
@@ -68,6 +68,7 @@ def check_invalid_argument(error: tf.errors.InvalidArgumentError) -> None:
 
 @PROPERTY_SETTINGS
 @given(pictures=st.lists(image_bytes, min_size=1, max_size=2))
+@example(pictures=[b"\x89PNG\r\n\x1a\n"])  # a bare PNG signature: "Invalid PNG"
 def test_caption_endpoint_answers_or_refuses_any_bytes(captioner_model, captioner_export, pictures):
     try:
         outputs = captioner_model.caption(
