@@ -125,8 +125,11 @@ class ProgressLog(keras.callbacks.Callback):
         self.stop_at_targets = stop_at_targets
         self.progress: dict = {}
         self._epoch_started = self._last_write = 0.0
+        self._clock_started: float | None = None  # set at the first epoch of this fit
+        self._elapsed_at_start = 0.0
 
     def on_train_begin(self, logs=None):
+        self._clock_started = None
         earlier = read_progress(self.run_dir) or {}
         self.progress = {
             "status": "training",
@@ -145,15 +148,18 @@ class ProgressLog(keras.callbacks.Callback):
         # `epoch` counts the epochs already done, restored ones included: drop any later
         # entries (written by a run killed after its last backup).
         history = self.progress["history"][:epoch]
-        elapsed = history[-1]["elapsed_seconds"] if history else 0.0
-        self.progress.update(epoch=epoch, step=0, history=history, elapsed_seconds=elapsed)
         self._epoch_started = time.perf_counter()
+        dropped = len(history) < len(self.progress["history"])
+        if self._clock_started is None or dropped:  # runs on from the restored epochs' time
+            self._clock_started = self._epoch_started
+            self._elapsed_at_start = history[-1]["elapsed_seconds"] if history else 0.0
+        self.progress.update(epoch=epoch, step=0, history=history, elapsed_seconds=self._elapsed())
         self._write()
 
     def on_train_batch_end(self, batch, logs=None):
         self.progress["step"] = batch + 1
         if time.perf_counter() - self._last_write >= WRITE_EVERY_SECONDS:
-            self.progress["elapsed_seconds"] = self._elapsed_before() + self._since_epoch_began()
+            self.progress["elapsed_seconds"] = self._elapsed()
             self._write()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -176,14 +182,15 @@ class ProgressLog(keras.callbacks.Callback):
             if self.stop_at_targets and entry["targets_met"]:
                 print(f"epoch {epoch + 1}: every quality target reached; training stops.")
                 self.model.stop_training = True
-        entry["elapsed_seconds"] = round(self._elapsed_before() + self._since_epoch_began(), 2)
+        entry["elapsed_seconds"] = round(self._elapsed(), 2)
         self.progress["history"].append(entry)
         self.progress.update(epoch=epoch + 1, elapsed_seconds=entry["elapsed_seconds"])
         self._write()
 
-    def _elapsed_before(self) -> float:
-        history = self.progress["history"]
-        return history[-1]["elapsed_seconds"] if history else 0.0
+    def _elapsed(self) -> float:
+        """Wall time of training so far: the restored epochs' plus this process's, counted
+        from its first epoch, so the callbacks between epochs (checkpoint, logs) count too."""
+        return self._elapsed_at_start + time.perf_counter() - self._clock_started
 
     def _since_epoch_began(self) -> float:
         return time.perf_counter() - self._epoch_started

@@ -267,7 +267,7 @@ def test_a_resumed_fit_keeps_the_restored_epochs_and_drops_the_later_ones(tmp_pa
     started = recorder.at_epoch_begin[0]
     assert started["epoch"] == 1
     assert [entry["epoch"] for entry in started["history"]] == [1]
-    assert started["elapsed_seconds"] == 10.0, "the restored epoch's wall time is kept"
+    assert started["elapsed_seconds"] == pytest.approx(10.0, abs=0.5), "the restored time is kept"
     record = read_progress(tmp_path)
     history = record["history"]
     assert [entry["epoch"] for entry in history] == [1, 2, 3]
@@ -286,11 +286,13 @@ def test_epoch_begin_with_a_smaller_epoch_drops_the_later_entries(tmp_path):
     log.on_epoch_begin(2)
     record = read_progress(tmp_path)
     assert [entry["epoch"] for entry in record["history"]] == [1, 2]
-    assert (record["epoch"], record["step"], record["elapsed_seconds"]) == (2, 0, 20.0)
+    assert (record["epoch"], record["step"]) == (2, 0)
+    assert record["elapsed_seconds"] == pytest.approx(20.0, abs=0.5)
     assert record["samples"] == earlier_record(3)["samples"]
     log.on_epoch_begin(0)  # started over: nothing earlier counts
     record = read_progress(tmp_path)
-    assert (record["history"], record["epoch"], record["elapsed_seconds"]) == ([], 0, 0.0)
+    assert (record["history"], record["epoch"]) == ([], 0)
+    assert record["elapsed_seconds"] == pytest.approx(0.0, abs=0.5)
 
 
 def test_a_failed_run_restarted_is_training_again_without_the_old_error(tmp_path):
