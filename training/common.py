@@ -238,13 +238,17 @@ def training_callbacks(
     best_so_far = best_logged(run_dir / "history.csv", monitor)
     keep = keep or monitor
     best_kept = best_logged(run_dir / "history.csv", keep)
+    if keep == monitor:
+        stopping = keras.callbacks.EarlyStopping(
+            monitor=monitor, mode="min", patience=patience, baseline=best_so_far
+        )
+    else:
+        stopping = StopWhenStalled({monitor: best_so_far, keep: best_kept}, patience)
     return [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
         *watchers,
         BestModelCheckpoint(run_dir / "model.keras", keep, best_kept),
-        keras.callbacks.EarlyStopping(
-            monitor=monitor, mode="min", patience=patience, baseline=best_so_far
-        ),
+        stopping,
         keras.callbacks.TensorBoard(str(run_dir / "logs")),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
     ]
@@ -257,6 +261,33 @@ def best_logged(history_csv: Path, monitor: str) -> float | None:
     with history_csv.open(encoding="utf-8", newline="") as file:
         values = [float(row[monitor]) for row in csv.DictReader(file) if row.get(monitor)]
     return min(values) if values else None
+
+
+class StopWhenStalled(keras.callbacks.Callback):
+    """Stops training once none of several logged values (lower is better) has improved for
+    `patience` epochs: early stopping for a run kept by its quality gap, which follows its
+    loss too. Either alone stops too soon: the gap stays at its largest while the quality is
+    still 0, and the captioner's validation loss levelled off three epochs before its recall
+    stopped rising. `bests` maps each name to its best value so far (None: none yet)."""
+
+    def __init__(self, bests: dict[str, float | None], patience: int):
+        super().__init__()
+        self.bests = {name: math.inf if best is None else best for name, best in bests.items()}
+        self.patience = patience
+        self.wait = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        improved = [name for name, best in self.bests.items() if logs.get(name, math.inf) < best]
+        for name in improved:
+            self.bests[name] = float(logs[name])
+        self.wait = 0 if improved else self.wait + 1
+        if self.wait >= self.patience:
+            print(
+                f"epoch {epoch + 1}: no improvement of {', '.join(self.bests)} for "
+                f"{self.patience} epochs; training stops."
+            )
+            self.model.stop_training = True
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
