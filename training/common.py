@@ -45,9 +45,13 @@ class UserError(Exception):
 
 
 def run_main(main) -> None:
-    """Runs `main()`, turning a `UserError` (or a data error) into a message and exit code 2."""
+    """Runs `main()`, turning a `UserError` (or a data error) into a message and exit code 2,
+    and Ctrl-C into one line and exit code 130 (the run has recorded where it stopped)."""
     try:
         main()
+    except KeyboardInterrupt:
+        print("\nstopped; the same command resumes the run.", file=sys.stderr)
+        sys.exit(130)
     except (UserError, FileNotFoundError, ValueError) as error:
         if isinstance(error, ValueError) and not getattr(error, "user_facing", True):
             raise

@@ -35,6 +35,14 @@ from shared.training_panel import EXITED, QUEUED, RUNNING, Job
 STOP_SECONDS = 30.0  # how long a stopped training child may take to exit before it is killed
 
 
+def _interruptible() -> None:
+    """In the training child before it starts: SIGINT back to its default, which Python turns
+    into KeyboardInterrupt. A demo started in the background of a script inherits SIGINT
+    ignored, and so would its children: the stop sent to them would do nothing, and after
+    `STOP_SECONDS` they would be killed in the middle of an epoch."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass(frozen=True)
 class DemoModel:
     """One model the demo serves: its export name, training script and tab title."""
@@ -121,7 +129,9 @@ class TrainingQueue:
                     break
                 print(f"{name}: no trained model yet; training one:", flush=True)
                 print("  " + " ".join(command), flush=True)
-                self._process = subprocess.Popen(command, process_group=0)
+                self._process = subprocess.Popen(
+                    command, process_group=0, preexec_fn=_interruptible
+                )
                 self.running = name
             exit_code = self._process.wait()  # the child's output streams through
             self.exit_codes[name] = exit_code
