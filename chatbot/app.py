@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -40,6 +40,11 @@ DEFAULT_RUN_DIR = "runs/chatbot"
 MODES = ("greedy", "beam search", "sampling")
 MAX_MESSAGE_CHARS = 500  # the model reads a bounded number of tokens anyway
 EMPTY_REPLY = "(the model replied with nothing)"
+# The export's `status` of a message (`chatbot.model.message_status`; the demo imports no model
+# code): `ok` is answered; `empty` has nothing the model can read.
+STATUS_OK, STATUS_EMPTY = "ok", "empty"
+UNK_TOKEN = "[UNK]"  # how the export shows a word its vocabulary lacks
+UNKNOWN = "unknown"  # the mark the page puts on such a word
 # Prompts the default model (English ChatterBot corpus) knows; any text works.
 EXAMPLES = ("Hello", "How are you doing?", "What is AI?", "Tell me a joke", "Who are you?")
 SYNTHETIC_TASKS = ("copy", "reverse", "sort")  # `--data` sources that are exercises, not chat
@@ -58,13 +63,23 @@ class Decoding:
 
 @dataclass
 class Reply:
-    """One reply and its attention over the message."""
+    """One reply, its attention over the message, and what the model could read of it."""
 
     text: str
     score: float
     reply_tokens: list[str]
     input_tokens: list[str]
     attention: np.ndarray  # float32 (len(reply_tokens), len(input_tokens))
+    status: str = STATUS_OK  # the export's `status`: ok, empty or no_known_words
+    input_words: list[str] = field(default_factory=list)  # as written; aligned with input_tokens
+
+    def words_read(self) -> list[tuple[str, str | None]]:
+        """`(word, "unknown" or None)` for each word the model read, for the page to mark."""
+        words = self.input_words or self.input_tokens  # exports before `input_words`: tokens
+        return [
+            (word, UNKNOWN if token == UNK_TOKEN else None)
+            for word, token in zip(words, self.input_tokens, strict=False)
+        ]
 
 
 def decoding_for(
@@ -179,15 +194,29 @@ def run_reply(model, message: str, decoding: Decoding) -> Reply:
         top_p=tf.constant(decoding.top_p, tf.float32),
         seed=tf.constant(decoding.seed, tf.int32),
     )
-    reply_tokens = [token for token in serving.as_text(outputs["reply_tokens"][0]) if token]
-    input_tokens = [token for token in serving.as_text(outputs["input_tokens"][0]) if token]
-    attention = outputs["attention"][0].numpy()[: len(reply_tokens), : len(input_tokens)]
+    return reply_of(outputs)
+
+
+def reply_of(outputs: dict, row: int = 0) -> Reply:
+    """The `Reply` in row `row` of the `reply` endpoint's outputs (tensors or arrays).
+
+    Exports older than the `status` and `input_words` outputs are read too: their message is
+    taken as answered, and the page marks their [UNK] tokens instead of the words.
+    """
+
+    def strings(name: str) -> list[str]:
+        return [text for text in serving.as_text(outputs[name][row]) if text]
+
+    reply_tokens, input_tokens = strings("reply_tokens"), strings("input_tokens")
+    attention = np.asarray(outputs["attention"][row])[: len(reply_tokens), : len(input_tokens)]
     return Reply(
-        text=serving.as_text(outputs["reply"])[0],
-        score=float(outputs["score"].numpy()[0]),
+        text=serving.as_text(outputs["reply"])[row],
+        score=float(np.asarray(outputs["score"])[row]),
         reply_tokens=reply_tokens,
         input_tokens=input_tokens,
         attention=attention,
+        status=serving.as_text(outputs["status"])[row] if "status" in outputs else STATUS_OK,
+        input_words=strings("input_words") if "input_words" in outputs else [],
     )
 
 
@@ -238,35 +267,41 @@ def build_app(
         ]
 
     def respond(message, history, mode, beam_size, temperature, top_k, top_p, seed):
-        """-> (cleared text box, conversation with the new turn, heatmap of the reply)."""
+        """-> (cleared text box, conversation with the new turn, heatmap of the reply, the
+        words the model read of the message, unknown ones marked)."""
         settings = (mode, beam_size, temperature, top_k, top_p, seed)
         history = list(history or [])
         message = (message or "").strip()[:MAX_MESSAGE_CHARS]
         if not message:
             gr.Warning("Type a message first: the box is empty.")
-            return "", history, gr.skip()
+            return "", history, gr.skip(), gr.skip()
         reply = answer(history, message, settings)
-        return "", history + exchange(message, reply), heatmap_picture(reply)
+        if reply.status == STATUS_EMPTY:  # e.g. only invisible characters: keep it in the box
+            gr.Warning("The model can read nothing in that message: type some words.")
+            return message, history, gr.skip(), gr.skip()
+        return "", history + exchange(message, reply), heatmap_picture(reply), reply.words_read()
 
     def retry(history, mode, beam_size, temperature, top_k, top_p, seed):
-        """-> (conversation with its last message answered again, heatmap of the new reply)."""
+        """-> (conversation with its last message answered again, heatmap of the new reply,
+        the words read)."""
         settings = (mode, beam_size, temperature, top_k, top_p, seed)
         history = list(history or [])
         last = last_user_message(history)
         if last is None:
             gr.Warning("There is no message to answer again yet.")
-            return history, gr.skip()
+            return history, gr.skip(), gr.skip()
         message = message_text(history[last]["content"])
         reply = answer(history[:last], message, settings)
-        return history[:last] + exchange(message, reply), heatmap_picture(reply)
+        return history[:last] + exchange(message, reply), heatmap_picture(reply), reply.words_read()
 
     def undo(history):
-        """-> (the last message back in the box, the conversation before it, no heatmap)."""
+        """-> (the last message back in the box, the conversation before it, no heatmap, no
+        words read)."""
         history = list(history or [])
         last = last_user_message(history)
         if last is None:
-            return gr.skip(), history, gr.skip()
-        return message_text(history[last]["content"]), history[:last], None
+            return gr.skip(), history, gr.skip(), gr.skip()
+        return message_text(history[last]["content"]), history[:last], None, []
 
     def show_settings(mode):
         return gr.Slider(visible=mode == "beam search"), gr.Group(visible=mode == "sampling")
@@ -306,16 +341,22 @@ def build_app(
                     top_k = gr.Slider(0, 100, value=0, step=1, label="Top-k (0 = no limit)")
                     top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")
                     seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+        words_read = gr.HighlightedText(
+            label="What the model read of your last message (words it does not know are marked)",
+            color_map={UNKNOWN: "red"},
+            show_legend=True,
+            elem_id="words-read",
+        )
         heatmap = gr.Image(
             label="Attention of the last reply", format="png", type="pil", elem_id="heatmap"
         )
-        clear.add([message, chat, heatmap])
+        clear.add([message, chat, heatmap, words_read])
 
         inputs = [message, chat, mode, beam_size, temperature, top_k, top_p, seed]
-        outputs = [message, chat, heatmap]
+        outputs = [message, chat, heatmap, words_read]
         message.submit(respond, inputs, outputs, api_name="chat")
         send.click(respond, inputs, outputs, api_visibility="private")
-        chat.retry(retry, inputs[1:], [chat, heatmap], api_name="retry")
+        chat.retry(retry, inputs[1:], [chat, heatmap, words_read], api_name="retry")
         chat.undo(undo, chat, outputs, api_name="undo")
         mode.change(show_settings, mode, [beam_size, sampling], api_visibility="private")
     return demo

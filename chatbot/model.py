@@ -18,7 +18,13 @@ from shared.compiled import compiled_search, cut_to_bucket
 from shared.decoder import AttentionDecoder
 from shared.export import MAX_SERVING_BATCH, bounded_batch
 from shared.search import search
-from shared.text import PAD_ID, TextVectorizer
+from shared.text import PAD_ID, TURN_ID, UNK_ID, TextVectorizer, join_tokens
+
+# What the `reply` endpoint says of each message (`message_status`), beside its reply.
+STATUS_OK = "ok"  # answered by the model
+STATUS_EMPTY = "empty"  # nothing to read: no reply
+STATUS_NO_KNOWN_WORDS = "no_known_words"  # every word unknown: NO_KNOWN_WORDS_REPLY
+NO_KNOWN_WORDS_REPLY = "I do not know any of the words in that message."
 
 ENCODER_CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
 
@@ -99,6 +105,24 @@ class SentenceEncoder(keras.layers.Layer):
         }
 
 
+def message_status(source_ids):
+    """Padded prompt ids `(batch, S)` -> the status of each message, string `(batch,)`.
+
+    The message is what the prompt holds after its last turn separator (all of it for a
+    one-turn prompt): `STATUS_EMPTY` when it has no token, `STATUS_NO_KNOWN_WORDS` when every
+    one of its tokens is unknown, else `STATUS_OK`. The earlier turns of a multi-turn prompt
+    are context: known words there do not make an unreadable message answerable.
+    """
+    turn_later = tf.cumsum(tf.cast(source_ids == TURN_ID, tf.int32), axis=1, reverse=True) > 0
+    message = (source_ids != PAD_ID) & ~turn_later
+    known = message & (source_ids != UNK_ID)
+    return tf.where(
+        ~tf.reduce_any(message, axis=1),
+        STATUS_EMPTY,
+        tf.where(~tf.reduce_any(known, axis=1), STATUS_NO_KNOWN_WORDS, STATUS_OK),
+    )
+
+
 @keras.saving.register_keras_serializable(package="glimpse")
 class Seq2Seq(keras.Model):
     """Sentence encoder and attention decoder, with their vocabularies.
@@ -176,26 +200,46 @@ class Seq2Seq(keras.Model):
         )
 
     def reply_texts(self, texts, jit_compile=False, **search_settings):
-        """Raw strings `(batch,)` -> dict of `reply`, `score`, `attention`, tokens, `length`.
-        `jit_compile`: the search (`reply_ids`) compiled with XLA (`shared.compiled`)."""
+        """Raw strings `(batch,)` -> dict of `reply`, `status`, `score`, `attention`, tokens,
+        `length`. `jit_compile`: the search (`reply_ids`) compiled with XLA (`shared.compiled`).
+
+        Each text is read once: its words give `input_words` (as written, unknown ones too)
+        and `input_tokens` (unknown ones as [UNK]), their ids the search's source and the
+        `status` (`message_status`). Only an `ok` message gets the model's reply: an empty one
+        gets an empty reply and a message of no known word gets `NO_KNOWN_WORDS_REPLY`, with no
+        reply tokens, length 0, score 0 and no attention; the other rows of the batch are
+        answered as if alone.
+        """
         if not self.built:  # build every layer outside the compiled search
             self.build({"source": (None, None), "decoder_inputs": (None, None)})
-        source_ids = cut_to_bucket(self.source_text(texts), PAD_ID)
-        result = compiled_search(self.reply_ids, jit_compile)(source_ids, **search_settings)
+        words, ids = self.source_text.read(texts)
+        padded = ids.to_tensor(default_value=PAD_ID, shape=[None, self.max_source_length])
+        status = message_status(padded)
+        answered = tf.equal(status, STATUS_OK)
+        result = compiled_search(self.reply_ids, jit_compile)(
+            cut_to_bucket(padded, PAD_ID), **search_settings
+        )
         # The attention covers the prompt's length bucket; padded back to max_source_length,
         # so the output's shape does not depend on the prompt.
         missing = self.max_source_length - tf.shape(result.weights)[2]
         attention = tf.pad(result.weights, [[0, 0], [0, 0], [0, missing]])
         attention.set_shape([None, self.max_target_length, self.max_source_length])
+        reply_ids = tf.where(answered[:, None], result.tokens, PAD_ID)
+        reply_tokens = self.target_text.ids_to_tokens(reply_ids)
+        reply = tf.where(
+            tf.equal(status, STATUS_NO_KNOWN_WORDS),
+            NO_KNOWN_WORDS_REPLY,
+            join_tokens(reply_tokens, self.mode),
+        )
         return {
-            "reply": self.target_text.decode(result.tokens),
-            "score": result.scores,
-            "attention": attention,
-            "reply_tokens": self.target_text.ids_to_tokens(result.tokens).to_tensor(
-                default_value=""
-            ),
-            "input_tokens": self.source_text.input_tokens(texts).to_tensor(default_value=""),
-            "length": result.lengths,
+            "reply": reply,
+            "status": status,
+            "score": tf.where(answered, result.scores, 0.0),
+            "attention": tf.where(answered[:, None, None], attention, 0.0),
+            "reply_tokens": reply_tokens.to_tensor(default_value=""),
+            "input_tokens": self.source_text.tokens_of(ids).to_tensor(default_value=""),
+            "input_words": words.to_tensor(default_value=""),
+            "length": tf.where(answered, result.lengths, 0),
         }
 
     def serving_function(self, max_batch: int = MAX_SERVING_BATCH, jit_compile: bool = False):
@@ -212,6 +256,11 @@ class Seq2Seq(keras.Model):
         `--context-turns N` (the export's metadata records `context_turns`), the last N turns
         of the conversation, user and bot alike, oldest first and ending with the message to
         answer, joined by " ␞ " (`chatbot.turns.context_prompt`); with N = 1, the message alone.
+
+        Each text gets its own `status` (`message_status`): `ok`, `empty` (an empty reply) or
+        `no_known_words` (`NO_KNOWN_WORDS_REPLY`), so one unreadable message in a batch costs
+        the others nothing. `input_words` and `input_tokens` show what was read of each text:
+        where a token is [UNK], the word beside it is one the model does not know.
 
         `jit_compile`: the search compiled with XLA (`shared.compiled`; the text work stays
         outside).

@@ -214,11 +214,17 @@ class TextVectorizer(keras.layers.Layer):
         self.lookup.build((None,))
         self.built = True
 
-    def _token_ids(self, text: tf.Tensor, length: int) -> tf.RaggedTensor:
+    def _words(self, text: tf.Tensor, length: int) -> tf.RaggedTensor:
+        """The first `length` standardized tokens of each string, ragged `(batch, None)`."""
         text = repair_utf8(tf.convert_to_tensor(text, tf.string))  # before cutting by character
         text = tf.strings.substr(text, 0, length * _CHARS_PER_TOKEN_LIMIT, unit="UTF8_CHAR")
-        tokens = split_tokens(text, self.mode)[:, :length]
-        return tf.cast(tf.ragged.map_flat_values(self.lookup, tokens), tf.int32)
+        return split_tokens(text, self.mode)[:, :length]
+
+    def _ids(self, words: tf.RaggedTensor) -> tf.RaggedTensor:
+        return tf.cast(tf.ragged.map_flat_values(self.lookup, words), tf.int32)
+
+    def _token_ids(self, text: tf.Tensor, length: int) -> tf.RaggedTensor:
+        return self._ids(self._words(text, length))
 
     def call(self, text):
         ids = self._token_ids(text, self.max_length)
@@ -257,7 +263,19 @@ class TextVectorizer(keras.layers.Layer):
 
     def input_tokens(self, text):
         """The tokens the model actually reads for each string (unknown words shown as [UNK])."""
-        ids = self._token_ids(text, self.max_length)
+        return self.tokens_of(self._token_ids(text, self.max_length))
+
+    def read(self, text):
+        """`(words, ids)`: what the model reads of each string, in one pass over the text.
+
+        Both ragged `(batch, None)` and aligned, at most `max_length` long: the standardized
+        words as written (an unknown word too) and their ids (`UNK_ID` for an unknown word).
+        """
+        words = self._words(text, self.max_length)
+        return words, self._ids(words)
+
+    def tokens_of(self, ids):
+        """Ragged ids -> the vocabulary's tokens (an unknown id shown as [UNK])."""
         return tf.ragged.map_flat_values(tf.gather, self._id_to_token, ids)
 
     def get_config(self):

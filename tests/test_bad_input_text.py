@@ -27,7 +27,13 @@ import tensorflow as tf
 from gradio_client.exceptions import AppError
 
 from chatbot import app as chat_app
-from shared.text import PAD_ID, UNK, TextVectorizer, Vocabulary
+from chatbot.model import (
+    NO_KNOWN_WORDS_REPLY,
+    STATUS_EMPTY,
+    STATUS_NO_KNOWN_WORDS,
+    STATUS_OK,
+)
+from shared.text import PAD_ID, TURN_SEPARATOR, UNK, TextVectorizer, Vocabulary
 from tests.chatbot.test_app import GREEDY, REPLY_INPUTS, SAMPLING, texts, write_fake_chatbot
 from tests.demo_helpers import page_client
 from tests.fixtures_bad_input import TEXT_CASES, image_cases, is_utf8
@@ -97,6 +103,56 @@ def test_endpoint_replies_to_all_odd_texts_in_one_batch(chatbot_model, chatbot_e
     check_well_formed_replies(outputs, len(TEXT_CASES), chatbot_export.config)
 
 
+KNOWN_MESSAGE = "c f a h"  # words of the tiny model's task (reverse, words a..t)
+EXPECTED_STATUS = {  # what the tiny model can read of each case: it knows only the words a..t
+    "empty": STATUS_EMPTY,
+    "whitespace_only": STATUS_EMPTY,
+    "hundred_thousand_characters": STATUS_NO_KNOWN_WORDS,
+    "control_characters": STATUS_NO_KNOWN_WORDS,
+    "emoji": STATUS_NO_KNOWN_WORDS,
+    "arabic": STATUS_NO_KNOWN_WORDS,
+    "hebrew": STATUS_NO_KNOWN_WORDS,
+    "mixed_scripts": STATUS_NO_KNOWN_WORDS,
+    "only_unknown_words": STATUS_NO_KNOWN_WORDS,
+}
+
+
+@pytest.mark.parametrize("decoding", sorted(DECODINGS))
+def test_endpoint_gives_each_message_its_status_and_the_rest_their_replies(chatbot_model, decoding):
+    """One batch of every odd text and a readable message: each gets its own status, and the
+    readable one gets the reply it gets alone (issue 19: one bad input fails nothing else)."""
+    names = sorted(TEXT_CASES)
+    # The readable message first: a sampled reply depends on the seed and the row.
+    outputs = reply(chatbot_model, [KNOWN_MESSAGE] + [TEXT_CASES[n] for n in names], decoding)
+    status = [s.decode() for s in outputs["status"].numpy()]
+    assert status == [STATUS_OK] + [EXPECTED_STATUS[n] for n in names]
+    replies = [r.decode() for r in outputs["reply"].numpy()]
+    for row, name in enumerate(names, start=1):
+        expected = "" if EXPECTED_STATUS[name] == STATUS_EMPTY else NO_KNOWN_WORDS_REPLY
+        assert replies[row] == expected, name
+        assert outputs["length"].numpy()[row] == 0 and outputs["score"].numpy()[row] == 0.0
+        assert not np.any(outputs["reply_tokens"].numpy()[row]), name
+        assert not np.any(outputs["attention"].numpy()[row]), name
+    alone = reply(chatbot_model, [KNOWN_MESSAGE], decoding)
+    assert replies[0] == alone["reply"].numpy()[0].decode()
+    assert outputs["length"].numpy()[0] == alone["length"].numpy()[0] > 0
+
+
+def test_endpoint_shows_the_words_it_read_beside_their_tokens(chatbot_model):
+    outputs = reply(chatbot_model, ["A zebra, b!", "你好 c"])
+    words = [[w.decode() for w in row if w] for row in outputs["input_words"].numpy()]
+    assert words == [["a", "zebra", ",", "b", "!"], ["你好", "c"]]
+    assert read_tokens(outputs, 0) == ["a", UNK, UNK, "b", UNK]
+    assert read_tokens(outputs, 1) == [UNK, "c"]
+    assert [s.decode() for s in outputs["status"].numpy()] == [STATUS_OK, STATUS_OK]
+
+
+def test_only_the_last_turn_of_a_prompt_decides_its_status(chatbot_model):
+    prompts = [f"a b {TURN_SEPARATOR} zebra", f"zebra {TURN_SEPARATOR} a b", f"a {TURN_SEPARATOR} "]
+    status = [s.decode() for s in reply(chatbot_model, prompts)["status"].numpy()]
+    assert status == [STATUS_NO_KNOWN_WORDS, STATUS_OK, STATUS_EMPTY]
+
+
 def test_endpoint_replies_to_bytes_that_are_not_utf8(chatbot_model, chatbot_export):
     outputs = reply(chatbot_model, [b"\xff\xfe caf\xe9 \xc3", b"\x80" * 1000], "sample")
     check_well_formed_replies(outputs, 2, chatbot_export.config)
@@ -125,7 +181,7 @@ def chat_client(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(TEXT_CASES))
 def test_demo_replies_to_odd_text_or_ignores_an_empty_one(chat_client, name, settings):
     message = TEXT_CASES[name]
-    box, history, _ = chat_client.predict(message, [], *settings, api_name="/chat")
+    box, history, _, _ = chat_client.predict(message, [], *settings, api_name="/chat")
     assert box == ""
     said = message.strip()
     if not said:
@@ -148,7 +204,7 @@ def test_demo_refuses_settings_outside_its_controls(chat_client):
     ]:
         with pytest.raises(AppError, match=complaint):
             chat_client.predict("hello", [], *settings, api_name="/chat")
-    _, history, _ = chat_client.predict("hello there", [], *GREEDY, api_name="/chat")
+    _, history, _, _ = chat_client.predict("hello there", [], *GREEDY, api_name="/chat")
     assert texts(history)[-1] == ("assistant", "there hello")
 
 

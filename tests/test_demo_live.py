@@ -158,14 +158,14 @@ def test_an_export_is_served_when_it_appears_and_a_newer_one_after_it(
     assert trained_on.startswith(f"Trained on the built-in shapes scenes ({examples}), 20")
 
     install_export(chatbot_export.version_dir, runs / "chatbot", "chatbot", 1)
-    _, history, _ = client.predict("hello there", [], *GREEDY, api_name="/chat")
+    _, history, _, _ = client.predict("hello there", [], *GREEDY, api_name="/chat")
     assert [turn["role"] for turn in history] == ["user", "assistant"]
     install_export(chatbot_export.version_dir, runs / "chatbot", "chatbot", 2)
     wait_until(
         lambda: panel(client, "/chatbot_status")["model"]["value"] == "Model: chatbot version 2",
         "the newer chatbot version to be served",
     )
-    _, history, _ = client.predict("hello again", [], *GREEDY, api_name="/chat")
+    _, history, _, _ = client.predict("hello again", [], *GREEDY, api_name="/chat")
     assert len(history) == 2
     assert "the synthetic reverse task" in panel(client, "/chatbot_status")["trained_on"]["value"]
 

@@ -186,7 +186,7 @@ def caption_refused(picture: str):
 def chat_ok(message: str):
     def request(clients, served, number):
         message_n = f"{tag(number)} {message}"
-        box, history, _ = clients["chat"].predict(message_n, [], *GREEDY, api_name="/chat")
+        box, history, _, _ = clients["chat"].predict(message_n, [], *GREEDY, api_name="/chat")
         assert box == ""
         assert texts(history) == [
             ("user", message_n.strip()[: chat_app.MAX_MESSAGE_CHARS]),
@@ -198,7 +198,7 @@ def chat_ok(message: str):
 
 def chat_ignored(message: str):
     def request(clients, served, number):
-        box, history, _ = clients["chat"].predict(message, [], *GREEDY, api_name="/chat")
+        box, history, _, _ = clients["chat"].predict(message, [], *GREEDY, api_name="/chat")
         assert (box, history) == ("", []), "an empty message must not start a turn"
 
     return request

@@ -17,6 +17,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from chatbot import app
+from chatbot.model import NO_KNOWN_WORDS_REPLY
 from shared import serving
 from shared.export import METADATA_FILE
 from tests.demo_helpers import page_client, shown
@@ -39,15 +40,25 @@ SAMPLING = ("sampling", 4, 0.8, 5, 0.9, 7)
 
 
 class FakeChatbot(tf.Module):
-    """Same endpoint as a real chatbot export; echoes the message's words reversed."""
+    """Same endpoint as a real chatbot export; echoes the message's words reversed.
+
+    Like a real export it reads control and format characters as spaces, knows only words of
+    the letters a-z (others are [UNK]), and gives each message a status: `empty`, or
+    `no_known_words` with the real export's stock reply, or `ok`.
+    """
 
     @tf.function(
         input_signature=[tf.TensorSpec(*spec, name=name) for name, spec in REPLY_INPUTS.items()]
     )
     def reply(self, text, beam_size, temperature, top_k, top_p, seed):
-        words = tf.strings.split(tf.strings.lower(text))[:, :FAKE_SOURCE_LENGTH]
-        tokens = tf.ragged.map_flat_values(
-            lambda w: tf.where(tf.strings.regex_full_match(w, "[a-z]+"), w, "[UNK]"), words
+        text = tf.strings.regex_replace(tf.strings.lower(text), r"[\p{Cc}\p{Cf}]", " ")
+        words = tf.strings.split(text)[:, :FAKE_SOURCE_LENGTH]
+        known = tf.ragged.map_flat_values(tf.strings.regex_full_match, words, "[a-z]+")
+        tokens = tf.ragged.map_flat_values(tf.where, known, words, "[UNK]")
+        status = tf.where(
+            words.row_lengths() == 0,
+            "empty",
+            tf.where(tf.reduce_any(known, axis=1), "ok", "no_known_words"),
         )
         reply_words = tf.reverse(tokens, axis=[1])
         shouted = tf.where(
@@ -58,12 +69,15 @@ class FakeChatbot(tf.Module):
         step = tf.range(FAKE_MAX_LENGTH)[None, :, None]
         source = tf.range(FAKE_SOURCE_LENGTH)[None, None, :]
         attention = tf.cast((source == count - 1 - step) & (step < count), tf.float32)
+        echo = tf.strings.reduce_join(reply_words, axis=1, separator=" ")
         return {
-            "reply": tf.strings.reduce_join(reply_words, axis=1, separator=" "),
+            "reply": tf.where(status == "no_known_words", NO_KNOWN_WORDS_REPLY, echo),
+            "status": status,
             "score": -tf.cast(tokens.row_lengths(), tf.float32),
             "attention": attention,
             "reply_tokens": reply_words.to_tensor("", shape=[None, FAKE_MAX_LENGTH]),
             "input_tokens": tokens.to_tensor("", shape=[None, FAKE_SOURCE_LENGTH]),
+            "input_words": words.to_tensor("", shape=[None, FAKE_SOURCE_LENGTH]),
             "length": tf.cast(tokens.row_lengths(), tf.int32) + 1,
         }
 
@@ -107,14 +121,14 @@ def heatmap_size(path: str) -> tuple[int, int]:
 
 
 def test_reply_history_and_heatmap(client):
-    box, history, heatmap = client.predict("Hello there world", [], *GREEDY, api_name="/chat")
+    box, history, heatmap, _ = client.predict("Hello there world", [], *GREEDY, api_name="/chat")
 
     assert box == ""
     assert texts(history) == [("user", "Hello there world"), ("assistant", "world there hello")]
     width, height = heatmap_size(heatmap)
     assert width > 100 and height > 100
 
-    _, history, longer_heatmap = client.predict(
+    _, history, longer_heatmap, _ = client.predict(
         "one two three four five six", history, *GREEDY, api_name="/chat"
     )
     assert texts(history)[2:] == [
@@ -126,15 +140,55 @@ def test_reply_history_and_heatmap(client):
 
 
 def test_sampling_settings_reach_the_model(client):
-    _, history, _ = client.predict("good morning", [], *SAMPLING, api_name="/chat")
+    _, history, _, _ = client.predict("good morning", [], *SAMPLING, api_name="/chat")
     assert texts(history)[-1] == ("assistant", "MORNING GOOD")
+
+
+def marked_words(words_read) -> list[tuple[str, str | None]]:
+    """The page's "what the model read" value, as `(word, mark)` pairs."""
+    return [(entry["token"], entry["class_or_confidence"]) for entry in words_read]
+
+
+def test_page_marks_the_words_the_model_does_not_know(client):
+    _, history, _, words_read = client.predict("Hello 你好 there", [], *GREEDY, api_name="/chat")
+    assert marked_words(words_read) == [("hello", None), ("你好", "unknown"), ("there", None)]
+    assert texts(history)[-1] == ("assistant", "there [UNK] hello")
+
+
+def test_a_message_of_no_known_word_gets_the_exports_answer(client):
+    _, history, heatmap, words_read = client.predict("你好 世界", [], *GREEDY, api_name="/chat")
+    assert texts(history) == [("user", "你好 世界"), ("assistant", NO_KNOWN_WORDS_REPLY)]
+    assert marked_words(words_read) == [("你好", "unknown"), ("世界", "unknown")]
+
+
+def test_a_message_the_model_cannot_read_stays_in_the_box(client):
+    """Only invisible characters: nothing to read, so no turn, and the text is not lost."""
+    message = "\u200b\u202e\u200b"
+    box, history, _, _ = client.predict(message, [], *GREEDY, api_name="/chat")
+    assert box == message
+    assert history == []
+
+
+def test_reply_of_reads_exports_without_status_or_words():
+    """An export made before the `status` and `input_words` outputs still serves."""
+    outputs = {
+        "reply": np.array([b"hi"]),
+        "score": np.array([-1.0], np.float32),
+        "attention": np.ones((1, 3, 4), np.float32),
+        "reply_tokens": np.array([[b"hi", b"", b""]]),
+        "input_tokens": np.array([[b"[UNK]", b"there", b"", b""]]),
+    }
+    reply = app.reply_of(outputs)
+    assert (reply.text, reply.status) == ("hi", "ok")
+    assert reply.attention.shape == (1, 2)
+    assert reply.words_read() == [("[UNK]", "unknown"), ("there", None)]
 
 
 def test_empty_message_changes_nothing(client):
     # Gradio 6's wire format: content is a list of parts, even for plain text.
     said = [{"type": "text", "text": "hi"}]
     history = [{"role": "user", "content": said}, {"role": "assistant", "content": said}]
-    box, returned, _ = client.predict("   \n ", history, *GREEDY, api_name="/chat")
+    box, returned, _, _ = client.predict("   \n ", history, *GREEDY, api_name="/chat")
     assert box == ""
     assert texts(returned) == [("user", "hi"), ("assistant", "hi")]
 
@@ -212,29 +266,29 @@ def said(*turns: str) -> list[dict]:
 def test_retry_answers_the_last_message_again(client):
     history = said("hello there", "there hello", "good morning", "stale reply")
 
-    again, heatmap = client.predict(history, *GREEDY, api_name="/retry")
+    again, heatmap, _ = client.predict(history, *GREEDY, api_name="/retry")
     assert texts(again) == texts(history)[:3] + [("assistant", "morning good")]
     assert heatmap_size(heatmap)[0] > 100
 
-    sampled, _ = client.predict(history, *SAMPLING, api_name="/retry")
+    sampled, _, _ = client.predict(history, *SAMPLING, api_name="/retry")
     assert texts(sampled)[3:] == [("assistant", "MORNING GOOD")]
 
 
 def test_retry_without_a_message_changes_nothing(client):
-    again, _ = client.predict([], *GREEDY, api_name="/retry")
+    again, _, _ = client.predict([], *GREEDY, api_name="/retry")
     assert again == []
 
 
 def test_undo_takes_back_the_last_exchange(client):
-    _, first, _ = client.predict("hello there", [], *GREEDY, api_name="/chat")
-    _, second, _ = client.predict("good morning", first, *GREEDY, api_name="/chat")
+    _, first, _, _ = client.predict("hello there", [], *GREEDY, api_name="/chat")
+    _, second, _, _ = client.predict("good morning", first, *GREEDY, api_name="/chat")
 
-    box, undone, heatmap = client.predict(second, api_name="/undo")
+    box, undone, heatmap, _ = client.predict(second, api_name="/undo")
     assert box == "good morning"  # back in the box, to edit or send again
     assert texts(undone) == texts(first)
     assert heatmap is None
 
-    box, empty, _ = client.predict(undone, api_name="/undo")
+    box, empty, _, _ = client.predict(undone, api_name="/undo")
     assert (box, empty) == ("hello there", [])
 
 
@@ -250,22 +304,22 @@ def context_client(tmp_path_factory):
 
 def test_a_multi_turn_model_is_sent_the_last_turns(context_client):
     # The fake reverses what it reads; "␞" (not a-z) reads as [UNK].
-    _, history, _ = context_client.predict("good morning", [], *GREEDY, api_name="/chat")
+    _, history, _, _ = context_client.predict("good morning", [], *GREEDY, api_name="/chat")
     assert texts(history)[-1] == ("assistant", "morning good")  # first turn: the message alone
 
-    _, history, heatmap = context_client.predict("see you", history, *GREEDY, api_name="/chat")
+    _, history, heatmap, _ = context_client.predict("see you", history, *GREEDY, api_name="/chat")
     assert texts(history)[-1] == ("assistant", "you see [UNK] good morning")
     assert heatmap_size(heatmap)[0] > 100
 
     stale = history[:-1] + said("", "stale")[1:]
-    again, _ = context_client.predict(stale, *GREEDY, api_name="/retry")
+    again, _, _ = context_client.predict(stale, *GREEDY, api_name="/retry")
     assert texts(again) == texts(history)  # retried with the same context
 
 
 def test_an_empty_reply_cuts_the_context(context_client):
     for reply, read in (("words", "there hello [UNK] words"), (app.EMPTY_REPLY, "there hello")):
         history = said("what", reply)
-        _, history, _ = context_client.predict("hello there", history, *GREEDY, api_name="/chat")
+        _, history, _, _ = context_client.predict("hello there", history, *GREEDY, api_name="/chat")
         assert texts(history)[-1] == ("assistant", read), reply
 
 

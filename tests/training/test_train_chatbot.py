@@ -473,7 +473,7 @@ def test_demo_serves_the_trained_export(trained, served):
     try:
         client = Client(serve(demo), verbose=False)
         for prompt, reply in zip(PROMPTS, served["greedy"]["replies"]):
-            _, history, _ = client.predict(prompt, [], *GREEDY, api_name="/chat")
+            _, history, _, _ = client.predict(prompt, [], *GREEDY, api_name="/chat")
             assert texts(history) == [("user", prompt), ("assistant", reply or app.EMPTY_REPLY)]
     finally:
         demo.close()
@@ -534,8 +534,8 @@ def test_demo_sends_a_multi_turn_model_its_context(tmp_path):
     try:
         client = Client(serve(demo), verbose=False)
         for opening, answer, follow_up, last_answer in CONVERSATIONS:
-            _, history, _ = client.predict(opening, [], *GREEDY, api_name="/chat")
-            _, history, _ = client.predict(follow_up, history, *GREEDY, api_name="/chat")
+            _, history, _, _ = client.predict(opening, [], *GREEDY, api_name="/chat")
+            _, history, _, _ = client.predict(follow_up, history, *GREEDY, api_name="/chat")
             assert texts(history) == [
                 ("user", opening),
                 ("assistant", answer),
