@@ -11,6 +11,12 @@ SavedModel runs the whole search without returning to Python between tokens. `st
 Each search returns a `SearchResult` with fixed-width outputs (`max_length` steps, padded with 0
 after the end token) so that results of different searches line up.
 
+Every search can block repeated n-grams (`block_ngram`, "no_repeat_ngram_size"): a sequence
+never emits a token that would complete an n-gram already in its own output (the start token
+is not part of the output; the end token is never blocked, so a sequence can always end).
+Blocked tokens are removed from the choice only: scores stay the model's own log-probabilities
+of the emitted tokens, so a search with blocking scores a sequence as one without would.
+
 keras-hub's samplers were considered: they loop over a fixed-length prompt tensor with a single
 cache tensor, made for Transformers; an RNN state plus attention memory would have to be packed
 into that cache, and attention weights of the chosen path are not returned. A short loop of our
@@ -63,8 +69,68 @@ def _first_step_tokens(batch_size):
     return tf.fill([batch_size], tf.constant(START_ID, tf.int32))
 
 
-def _token_by_token(step_fn, state, memory_context, max_length, choose):
-    """The loop greedy search and sampling share: `choose(log_probs, t)` picks each token."""
+def blocked_tokens(history, t, block_ngram, vocabulary_size):
+    """Which tokens would repeat an n-gram (n = `block_ngram`) if emitted at step `t`.
+
+    `history` int32 `(rows, max_length)` holds each row's emitted tokens in its first `t`
+    columns (the rest is ignored). Token v is blocked for a row when some earlier n-gram of
+    that row's output, `history[j : j + n]` with `j + n <= t`, starts with the row's last n - 1
+    tokens and ends with v (n = 1 blocks every token already emitted). The end token is never
+    blocked. Returns bool `(rows, vocabulary_size)`.
+
+    Vectorized over every start j at once (a `(rows, max_length, max_length)` comparison), so
+    one step costs the same whatever `t` and `block_ngram` are: no Python loop, fixed shapes
+    for XLA, and `t`, `block_ngram` may be tensors.
+    """
+    n = tf.cast(block_ngram, tf.int32)
+    max_length = tf.shape(history)[1]
+    last = max_length - 1
+    positions = tf.range(max_length)
+    # Row j of `earlier` is the window history[j : j + n - 1]; `recent` is history[t-n+1 : t].
+    earlier = tf.gather(history, tf.minimum(positions[:, None] + positions[None, :], last), axis=1)
+    recent = tf.gather(history, tf.clip_by_value(t - n + 1 + positions, 0, last), axis=1)
+    in_window = positions < n - 1  # columns beyond the window never disqualify a start
+    same = (earlier == recent[:, None, :]) | ~in_window[None, None, :]
+    repeats = tf.reduce_all(same, axis=2) & (positions <= t - n)[None, :] & (n > 0)  # (rows, L)
+    following = tf.gather(history, tf.clip_by_value(positions + n - 1, 0, last), axis=1)
+    rows = tf.shape(history)[0]
+    row_ids = tf.broadcast_to(tf.range(rows)[:, None], [rows, max_length])
+    counts = tf.scatter_nd(
+        tf.stack([row_ids, following], axis=-1),
+        tf.cast(repeats, tf.int32),
+        tf.stack([rows, vocabulary_size]),
+    )
+    return (counts > 0) & (tf.range(vocabulary_size) != END_ID)[None, :]
+
+
+def _blocker(block_ngram):
+    """`blocked(history, t, log_probs)` -> bool `(rows, vocab)`, or None when blocking is off
+    for good (a Python 0 or None adds nothing to the graph). A tensor `block_ngram` is checked
+    in the graph: at 0 the mask is all False and the search's values are unchanged."""
+    if block_ngram is None or (isinstance(block_ngram, int) and block_ngram <= 0):
+        return None
+    block_ngram = tf.cast(block_ngram, tf.int32)
+
+    def blocked(history, t, log_probs):
+        vocabulary_size = tf.shape(log_probs)[-1]
+        return tf.cond(
+            block_ngram > 0,
+            lambda: blocked_tokens(history, t, block_ngram, vocabulary_size),
+            lambda: tf.zeros(tf.shape(log_probs), tf.bool),
+        )
+
+    return blocked
+
+
+def _ban(values, blocked):
+    """`values` `(rows, vocab)` with the blocked tokens (if any) set to minus infinity."""
+    return values if blocked is None else tf.where(blocked, _NEG_INF, values)
+
+
+def _token_by_token(step_fn, state, memory_context, max_length, choose, block_ngram=0):
+    """The loop greedy search and sampling share: `choose(log_probs, blocked, t)` picks each
+    token, never one of `blocked` (bool `(batch, vocab)`, or None without n-gram blocking)."""
+    blocker = _blocker(block_ngram)
     batch_size = tf.shape(memory_context["mask"])[0]
     source_len = tf.shape(memory_context["mask"])[1]
     tokens = _first_step_tokens(batch_size)
@@ -79,7 +145,8 @@ def _token_by_token(step_fn, state, memory_context, max_length, choose):
     def body(t, tokens, state, finished, scores, lengths, token_buffer, weight_buffer):
         logits, state, weights = step_fn(tokens, state, memory_context)
         log_probs = _log_probs(logits)
-        chosen = tf.cast(choose(log_probs, t), tf.int32)
+        blocked = None if blocker is None else blocker(tf.transpose(token_buffer), t, log_probs)
+        chosen = tf.cast(choose(log_probs, blocked, t), tf.int32)
         chosen = tf.where(finished, PAD_ID, chosen)
         chosen_log_prob = tf.gather(log_probs, chosen, batch_dims=1)
         scores += tf.where(finished, 0.0, chosen_log_prob)
@@ -103,10 +170,15 @@ def _token_by_token(step_fn, state, memory_context, max_length, choose):
     return SearchResult(tokens, scores, weights, lengths, tokens[:, None, :], scores[:, None])
 
 
-def greedy_search(step_fn, state, memory_context, max_length: int) -> SearchResult:
-    """The most likely token at every step."""
+def greedy_search(step_fn, state, memory_context, max_length: int, block_ngram=0) -> SearchResult:
+    """The most likely token at every step (of those not blocked by `block_ngram`)."""
     return _token_by_token(
-        step_fn, state, memory_context, max_length, lambda log_probs, t: tf.argmax(log_probs, -1)
+        step_fn,
+        state,
+        memory_context,
+        max_length,
+        lambda log_probs, blocked, t: tf.argmax(_ban(log_probs, blocked), -1),
+        block_ngram,
     )
 
 
@@ -119,6 +191,7 @@ def sample(
     top_k=0,
     top_p=1.0,
     seed=0,
+    block_ngram=0,
 ) -> SearchResult:
     """Draws each token at random from the model's distribution, reshaped by three knobs.
 
@@ -127,7 +200,8 @@ def sample(
     sampling). `top_k=1` is greedy search. The knobs may be tensors (serving inputs). Sampling
     is stateless and reproducible: the same seed gives the same sequence for a prompt at the
     same row of the batch (the noise depends on the row). Scores are the model's own
-    log-probabilities of the drawn tokens.
+    log-probabilities of the drawn tokens. Blocked n-grams (`block_ngram`) are removed before
+    top-k and top-p, so the nucleus is made of tokens that may be drawn.
     """
     temperature = tf.maximum(tf.cast(temperature, tf.float32), 1e-6)
     top_k = tf.cast(top_k, tf.int32)
@@ -136,14 +210,15 @@ def sample(
 
     filtering = (top_k > 0) | (top_p < 1.0)  # two sorts of the vocabulary a step: only if asked
 
-    def choose(log_probs, t):
-        logits = log_probs / temperature
+    def choose(log_probs, blocked, t):
+        # Banned after the temperature: no temperature brings a blocked token back into play.
+        logits = _ban(log_probs / temperature, blocked)
         logits = tf.cond(filtering, lambda: filter_logits(logits, top_k, top_p), lambda: logits)
         # Gumbel-max: the argmax of the logits plus Gumbel noise is a draw from their softmax.
         uniform = hashed_uniform(tf.shape(logits), seed, t)
         return tf.argmax(logits - tf.math.log(-tf.math.log(uniform)), axis=-1)
 
-    return _token_by_token(step_fn, state, memory_context, max_length, choose)
+    return _token_by_token(step_fn, state, memory_context, max_length, choose, block_ngram)
 
 
 def _mix(x):
@@ -214,14 +289,17 @@ def beam_search(
     max_length: int,
     beam_size=4,
     alpha=0.0,
+    block_ngram=0,
 ) -> SearchResult:
     """Keeps the `beam_size` best partial sequences at every step.
 
     A finished hypothesis stays in the beam, extended by padding at no cost, so it competes
     with the unfinished ones until the end. At the end the hypotheses are ranked by
     `log-probability / length_penalty(length, alpha)`. With `beam_size=1` this is exactly
-    greedy search. `beam_size` may be a tensor (a serving input).
+    greedy search, with `block_ngram` too (each hypothesis blocks the n-grams of its own
+    output). `beam_size` may be a tensor (a serving input).
     """
+    blocker = _blocker(block_ngram)
     beam_size = tf.cast(beam_size, tf.int32)
     alpha = tf.cast(alpha, tf.float32)
     batch_size = tf.shape(memory_context["mask"])[0]
@@ -246,6 +324,8 @@ def beam_search(
     def step(t, tokens, state, scores, finished, lengths, token_buffer, weight_buffer):
         logits, state, weights = step_fn(tokens, state, memory_context)
         log_probs = _log_probs(logits)
+        if blocker is not None:  # a blocked token's candidate scores minus infinity
+            log_probs = _ban(log_probs, blocker(token_buffer, t, log_probs))
         vocab = tf.shape(log_probs)[-1]
         log_probs = tf.reshape(log_probs, [batch_size, beam_size, vocab])
         pad_only = tf.where(tf.range(vocab) == PAD_ID, 0.0, _NEG_INF)
@@ -312,6 +392,7 @@ def search(
     top_k=0,
     top_p=1.0,
     seed=0,
+    block_ngram=0,
 ) -> SearchResult:
     """One entry point for serving: sampling when `temperature > 0`, else beam search.
 
@@ -321,19 +402,24 @@ def search(
     tokens and, length-normalized like a beam's, the same score. Every knob may be a tensor,
     so one exported endpoint offers all three searches; the choice is a `tf.cond` in the
     graph (decided when XLA compiles the search, where `beam_size` is a compile-time value).
+    `block_ngram` (0: off) blocks repeated n-grams in all three.
     """
     temperature = tf.cast(temperature, tf.float32)
     # A served model takes beam_size from its callers: bound the memory one request can claim.
     beam_size = tf.clip_by_value(tf.cast(beam_size, tf.int32), 1, MAX_BEAM_SIZE)
 
     def by_sampling():
-        return sample(step_fn, state, memory_context, max_length, temperature, top_k, top_p, seed)
+        return sample(
+            step_fn, state, memory_context, max_length, temperature, top_k, top_p, seed, block_ngram
+        )
 
     def by_beam():
-        return beam_search(step_fn, state, memory_context, max_length, beam_size, alpha)
+        return beam_search(
+            step_fn, state, memory_context, max_length, beam_size, alpha, block_ngram
+        )
 
     def by_greedy():
-        result = greedy_search(step_fn, state, memory_context, max_length)
+        result = greedy_search(step_fn, state, memory_context, max_length, block_ngram)
         scores = result.scores / length_penalty(result.lengths, alpha)
         return result._replace(scores=scores, nbest_scores=scores[:, None])
 
