@@ -45,8 +45,15 @@ EMPTY_REPLY = "(the model replied with nothing)"
 STATUS_OK, STATUS_EMPTY = "ok", "empty"
 UNK_TOKEN = "[UNK]"  # how the export shows a word its vocabulary lacks
 UNKNOWN = "unknown"  # the mark the page puts on such a word
-# Prompts the default model (English ChatterBot corpus) knows; any text works.
-EXAMPLES = ("Hello", "How are you doing?", "What is AI?", "Tell me a joke", "Who are you?")
+# Messages in the English ChatterBot corpus's topics but not among its prompts (tested): what a
+# visitor types is new to the model, and the examples show how it copes with that.
+EXAMPLES = (
+    "Hi there, how is it going?",
+    "What do you know about computers?",
+    "Can you tell me something funny?",
+    "What food do you like?",
+    "Who made you?",
+)
 SYNTHETIC_TASKS = ("copy", "reverse", "sort")  # `--data` sources that are exercises, not chat
 
 

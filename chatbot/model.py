@@ -17,6 +17,7 @@ import tensorflow as tf
 from shared.compiled import compiled_search, cut_to_bucket
 from shared.decoder import AttentionDecoder
 from shared.export import MAX_SERVING_BATCH, bounded_batch
+from shared.rerank import masked_memory, mmi_rerank
 from shared.search import search
 from shared.text import PAD_ID, TURN_ID, UNK_ID, TextVectorizer, join_tokens
 
@@ -186,17 +187,33 @@ class Seq2Seq(keras.Model):
 
     # === Replying, in the graph ===
 
-    def reply_ids(self, source_ids, **search_settings):
+    def reply_ids(self, source_ids, mmi_lambda=0.0, anti_lm_tokens=0, **search_settings):
         """Source ids `(batch, S)` -> `shared.search.SearchResult`. `search_settings`:
         `shared.search.search`'s (`beam_size`, `alpha`, `temperature`, `top_k`, `top_p`,
-        `seed`); greedy search without them."""
+        `seed`, `block_ngram`); greedy search without them. With `mmi_lambda` above 0 a
+        beam's hypotheses are re-ranked by mutual information (`shared.rerank`: the decoder on
+        a masked memory is the language model, its first `anti_lm_tokens` tokens counted)."""
         if not self.built:  # build every layer before the search loop calls it
             self.build({"source": (None, None), "decoder_inputs": (None, None)})
         memory, mask = self.encoder(source_ids, training=False)
         memory_context = self.decoder.prepare_memory(memory, mask)
         state = self.decoder.initial_state(memory_context)
-        return search(
+        result = search(
             self.decoder.step, state, memory_context, self.max_target_length, **search_settings
+        )
+        if isinstance(mmi_lambda, (int, float)) and mmi_lambda == 0:
+            return result  # nothing to re-rank: no language-model pass in the graph
+        lm_context = masked_memory(memory_context)
+        return mmi_rerank(
+            result,
+            self.decoder.step,
+            state,
+            memory_context,
+            self.decoder.initial_state(lm_context),
+            lm_context,
+            mmi_lambda,
+            search_settings.get("alpha", 0.0),
+            anti_lm_tokens,
         )
 
     def reply_texts(self, texts, jit_compile=False, **search_settings):
@@ -242,7 +259,12 @@ class Seq2Seq(keras.Model):
             "length": tf.where(answered, result.lengths, 0),
         }
 
-    def serving_function(self, max_batch: int = MAX_SERVING_BATCH, jit_compile: bool = False):
+    def serving_function(
+        self,
+        max_batch: int = MAX_SERVING_BATCH,
+        jit_compile: bool = False,
+        decoding: dict | None = None,
+    ):
         """The `reply` endpoint of the SavedModel: raw strings and search settings in.
 
         One call takes at most `max_batch` texts (`shared.export.MAX_SERVING_BATCH`, which the
@@ -263,8 +285,11 @@ class Seq2Seq(keras.Model):
         where a token is [UNK], the word beside it is one the model does not know.
 
         `jit_compile`: the search compiled with XLA (`shared.compiled`; the text work stays
-        outside).
+        outside). `decoding`: search settings fixed in the export, beside the caller's
+        (`block_ngram`, `mmi_lambda`, `anti_lm_tokens`; see `reply_ids`); the training script
+        records them in the metadata.
         """
+        decoding = dict(decoding or {})
 
         @tf.function(
             input_signature=[
@@ -287,6 +312,7 @@ class Seq2Seq(keras.Model):
                 top_k=top_k,
                 top_p=top_p,
                 seed=seed,
+                **decoding,
             )
 
         return reply

@@ -18,6 +18,7 @@ Writes `metrics.json` and attention heatmaps of sample replies to `samples/`.
 from __future__ import annotations
 
 import argparse
+import random
 import re
 import weakref
 from pathlib import Path
@@ -51,9 +52,16 @@ UNSEEN_PROMPTS = (
 )
 
 
-def reply_all(model: Seq2Seq, prompts: list[str], beam_size: int = 1, batch_size: int = 128):
-    """Replies to every prompt, in batches, with the in-graph search (traced once per model)."""
-    respond = _respond_function(model)
+def reply_all(
+    model: Seq2Seq,
+    prompts: list[str],
+    beam_size: int = 1,
+    batch_size: int = 128,
+    decoding: dict | None = None,
+):
+    """Replies to every prompt, in batches, with the in-graph search (traced once per model and
+    `decoding`: fixed search settings such as `block_ngram` or `mmi_lambda`, as an export's)."""
+    respond = _respond_function(model, tuple(sorted((decoding or {}).items())))
     outputs = []
     search = "greedy" if beam_size == 1 else f"beam {beam_size}"
     with Progress(f"replying ({search})", len(prompts), "prompts") as progress:
@@ -80,19 +88,19 @@ def reply_all(model: Seq2Seq, prompts: list[str], beam_size: int = 1, batch_size
 _RESPOND = weakref.WeakKeyDictionary()
 
 
-def _respond_function(model: Seq2Seq):
-    respond = _RESPOND.get(model)
-    if respond is None:
+def _respond_function(model: Seq2Seq, decoding: tuple = ()):
+    functions = _RESPOND.setdefault(model, {})
+    if decoding not in functions:
         model_ref = weakref.ref(model)  # a strong reference would keep the key alive
 
         @tf.function(
             input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int32)]
         )
         def respond(texts, beam):
-            return model_ref().reply_texts(texts, beam_size=beam)
+            return model_ref().reply_texts(texts, beam_size=beam, **dict(decoding))
 
-        _RESPOND[model] = respond
-    return respond
+        functions[decoding] = respond
+    return functions[decoding]
 
 
 def normalized(model: Seq2Seq, texts: list[str]) -> list[str]:
@@ -220,6 +228,27 @@ def evaluate(model, config: ChatbotConfig, run_dir: Path, train_pairs, test_pair
     return results
 
 
+# The decoding levers of issue 19 measured on the held-out prompts, each against plain search.
+EXAMPLES_SEED = 0  # picks the ten held-out prompts whose replies the report shows
+BLOCKED_NGRAM = 3  # no reply repeats one of its own 3-grams
+MMI_LAMBDA = 0.5  # Li et al. (2016) found 0.3-0.5 best for their anti-LM re-ranking
+ANTI_LM_TOKENS = 5
+
+
+def heldout_decodings(beam_size: int) -> dict[str, tuple[int, dict]]:
+    """Row name -> (beam size, fixed search settings) of each decoding `generalisation` runs."""
+    beam = f"seq2seq, beam {beam_size}"
+    mmi = {"mmi_lambda": MMI_LAMBDA, "anti_lm_tokens": ANTI_LM_TOKENS}
+    return {
+        "seq2seq, greedy": (1, {}),
+        "seq2seq, greedy, 3-grams blocked": (1, {"block_ngram": BLOCKED_NGRAM}),
+        beam: (beam_size, {}),
+        f"{beam}, 3-grams blocked": (beam_size, {"block_ngram": BLOCKED_NGRAM}),
+        f"{beam}, MMI λ {MMI_LAMBDA}": (beam_size, mmi),
+        f"{beam}, MMI, 3-grams blocked": (beam_size, {**mmi, "block_ngram": BLOCKED_NGRAM}),
+    }
+
+
 def generalisation(model, config: ChatbotConfig, train_pairs, test_pairs) -> dict:
     """The held-out prompts answered by the model (greedy and beam) and by the retrieval
     baseline (`chatbot.retrieval.RetrievalBot` on the same training pairs), measured alike:
@@ -243,14 +272,17 @@ def generalisation(model, config: ChatbotConfig, train_pairs, test_pairs) -> dic
     training_replies = set(normalized(model, sorted({p.reply for p in train_pairs})))
     bot = retrieval.RetrievalBot(train_pairs, config.mode)
     systems = {
-        "seq2seq, greedy": [r["reply"] for r in reply_all(model, prompts)],
-        f"seq2seq, beam {config.beam_size}": [
-            r["reply"] for r in reply_all(model, prompts, config.beam_size)
-        ],
-        "retrieval (TF-IDF)": normalized(model, [bot.reply(p) for p in prompts]),
+        name: [r["reply"] for r in reply_all(model, prompts, beam, decoding=decoding)]
+        for name, (beam, decoding) in heldout_decodings(config.beam_size).items()
     }
+    systems["retrieval (TF-IDF)"] = normalized(model, [bot.reply(p) for p in prompts])
     characters = config.mode == "char"
     results = {"prompts": len(prompts), "topic_threshold": retrieval.TOPIC_THRESHOLD}
+    shown = sorted(random.Random(EXAMPLES_SEED).sample(range(len(prompts)), min(10, len(prompts))))
+    results["examples"] = [
+        {"prompt": prompts[i], **{name: replies[i] for name, replies in systems.items()}}
+        for i in shown
+    ]
     for name, replies in systems.items():
         on_topic = [reply_topic(r) == topic_of_prompt[p] for p, r in zip(prompts, replies)]
         results[name] = {
@@ -296,6 +328,15 @@ def generalisation_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def examples_table(results: dict, systems: list[str]) -> str:
+    """`generalisation`'s example prompts and the replies of `systems`, as a Markdown table."""
+    lines = ["| held-out prompt | " + " | ".join(systems) + " |", "|---" * (len(systems) + 1) + "|"]
+    for example in results["examples"]:
+        cells = [example["prompt"]] + [example[name] for name in systems]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines)
+
+
 def write_samples(outputs, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for i, output in enumerate(outputs):
@@ -338,6 +379,7 @@ def main(argv=None) -> None:
         results = generalisation(model, config, train_pairs, test_pairs)
         print(f"{results['prompts']} held-out prompts")
         print(generalisation_table(results))
+        print(examples_table(results, ["seq2seq, greedy", "retrieval (TF-IDF)"]))
         write_json(run_dir / "generalisation.json", results)
         return
     evaluate(model, config, run_dir, train_pairs, test_pairs)

@@ -249,6 +249,16 @@ def test_page_offers_example_prompts_for_the_message_box(client):
     assert loads["outputs"] == [message_box]
 
 
+def test_example_prompts_are_not_prompts_of_the_corpus():
+    """The examples show the default model something new, as a visitor's message is."""
+    from chatbot.data import load_chatterbot
+    from chatbot.retrieval import words
+
+    known = {tuple(words(pair.prompt)) for pair in load_chatterbot("english")}
+    assert len(known) > 500  # the corpus was read
+    assert [e for e in app.EXAMPLES if tuple(words(e)) in known] == []
+
+
 def test_reply_offers_retry_and_undo(client):
     [chat] = [c for c in client.config["components"] if c["props"].get("elem_id") == "conversation"]
     assert chat["props"]["_retryable"] and chat["props"]["_undoable"]  # shows both buttons

@@ -616,7 +616,11 @@ def test_heldout_prompts_are_answered_by_the_model_and_the_retrieval_baseline(tr
     held_out = {pair.prompt for pair in chatbot_pipeline.load_splits(trained.config)[2]}
     assert results["prompts"] == len(held_out) > 0
     systems = [key for key, value in results.items() if isinstance(value, dict)]
-    assert systems == ["seq2seq, greedy", "seq2seq, beam 3", "retrieval (TF-IDF)"]
+    assert systems == [*evaluate_chatbot.heldout_decodings(3), "retrieval (TF-IDF)"]
+    examples = results["examples"]  # chosen by a fixed seed: the same on every run
+    assert len(examples) == min(10, len(held_out))
+    assert {example["prompt"] for example in examples} <= held_out
+    assert all(set(example) == {"prompt", *systems} for example in examples)
     retrieved = results["retrieval (TF-IDF)"]
     assert retrieved["copies"] == 1.0  # every retrieved reply is a training reply
     assert retrieved["empty_or_unknown"] == 0.0
