@@ -26,6 +26,8 @@ from matplotlib import font_manager
 from matplotlib.figure import Figure
 from PIL import Image
 
+from shared import files
+
 LATIN_FONT = "DejaVu Sans"
 CJK_FONT_PREFIX = "Noto Sans CJK"
 HEAT_COLOUR = np.array([255.0, 40.0, 0.0])  # red-orange
@@ -56,12 +58,13 @@ def _font_families() -> list[str]:
 
 
 def _to_png(figure: Figure, path: str | Path | None) -> bytes:
-    """Render `figure` to PNG bytes, also writing them to `path` if given."""
+    """Render `figure` to PNG bytes, also writing them to `path` if given (atomically: the
+    demo page may be reading the picture this replaces)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     png = buffer.getvalue()
     if path is not None:
-        Path(path).write_bytes(png)
+        files.write_bytes(path, png)
     return png
 
 

@@ -40,6 +40,9 @@ from shared import files
 PROGRESS_FILE = "progress.json"
 SAMPLES_DIR = "progress_samples"  # pictures of the newest samples, inside the run directory
 STATUSES = ("training", "evaluating", "exporting", "done", "failed", "stopped")
+# The exit code of a run stopped by Ctrl-C (128 + SIGINT, the shell's convention), which
+# records "stopped": the demo page tells it from a failure by it.
+STOPPED_EXIT_CODE = 130
 WRITE_EVERY_SECONDS = 2.0  # within an epoch, the file is rewritten at most this often
 
 # quality(model, samples_dir) -> {"metrics": {name: value}, "samples": [{"image", "text"}]}
@@ -105,8 +108,10 @@ class ProgressLog(keras.callbacks.Callback):
     (checkpoint, early stopping, CSV and TensorBoard logs) see them as they see `val_loss`. With `stop_at_targets`, training
     stops at the first epoch whose metrics reach every one of `targets`.
 
-    Place it right after `BackupAndRestore`. A resumed run keeps the history of the epochs
-    it restored and the wall time they took.
+    Place it before the checkpoint and the logs, and `BackupAndRestore` after all of them (it
+    restores in `on_train_begin`, before any epoch begins, and marks an epoch done only once
+    this has recorded it). A resumed run keeps the history of the epochs it restored and the
+    wall time they took.
     """
 
     def __init__(

@@ -16,13 +16,15 @@ from __future__ import annotations
 import functools
 import io
 import json
+import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared import progress as run_progress
 from shared.plots import training_curves
+from shared.progress import STOPPED_EXIT_CODE
 from shared.serving import LiveExport, ServedModel
 
 TICK_SECONDS = 2.0  # how often an open page looks at its run (progress is written every 2 s)
@@ -35,11 +37,13 @@ QUEUED, RUNNING, EXITED = "queued", "running", "exited"
 @dataclass(frozen=True)
 class Job:
     """What the process that trains a tab's model is doing, as the demo that started it knows:
-    `state` is QUEUED (waiting for the model `after`), RUNNING, or EXITED with `exit_code`."""
+    `state` is QUEUED (waiting for the model `after`), RUNNING (since `started`, a time.time(),
+    when known), or EXITED with `exit_code`."""
 
     state: str
     exit_code: int | None = None
     after: str | None = None
+    started: float | None = field(default=None, compare=False)
 
 
 def duration(seconds: float) -> str:
@@ -80,6 +84,23 @@ def job_failure(job: Job) -> str:
     return f"the training process ended with exit code {job.exit_code}"
 
 
+# An absolute path, POSIX or Windows (not a URL's, nor "and/or"); its last component captured.
+_ABSOLUTE_PATH = re.compile(
+    r"""(?<![\w.~:/\\-])     # not inside a word, a relative path or a URL
+        (?:[A-Za-z]:\\|/)      # the root
+        (?:[^\s/\\:'"]+[/\\])*  # folders
+        ([^\s/\\:'"]+)        # the last component""",
+    re.VERBOSE,
+)
+
+
+def public_error(error: str) -> str:
+    """A run's recorded error as the page shows it: each absolute path cut to its last
+    component ("/home/ann/runs/chatbot/x.json" → "x.json"), so a public page does not tell
+    visitors how the server's disk is laid out. The terminal keeps the full text."""
+    return _ABSOLUTE_PATH.sub(lambda match: match.group(1), error)
+
+
 def training_status(progress: dict | None, job: Job | None, serving: bool, now: float) -> str:
     """The one paragraph a tab shows about its training, or "" when there is nothing to say
     (no training known, or training done and its model served)."""
@@ -89,12 +110,28 @@ def training_status(progress: dict | None, job: Job | None, serving: bool, now: 
     if job is not None and job.state == QUEUED:
         resumes = f" (it resumes after {finished_epochs(progress)})" if progress else ""
         return f"**Waiting to train**: this model trains once the {job.after} is done{resumes}."
-    if job is not None and job.state == RUNNING and status in (None, "done", "failed", "stopped"):
-        resumes = f", resuming after {finished_epochs(progress)}" if status == "stopped" else ""
-        return f"**Training is starting** (reading the data and building the model{resumes})."
+    if job is not None and job.state == RUNNING:
+        # A record older than the running process is its predecessor's (one killed without
+        # a word still says "training"): this process has not reached its first epoch yet.
+        earlier = job.started is not None and (progress or {}).get("updated", 0.0) < job.started
+        if earlier or status in (None, "done", "failed", "stopped"):
+            resuming = progress and (status == "stopped" or (earlier and status == "training"))
+            resumes = f", resuming after {finished_epochs(progress)}" if resuming else ""
+            return f"**Training is starting** (reading the data and building the model{resumes})."
+    # Stopped by Ctrl-C, as the exit code says, or the record (unless a later process failed).
+    exit_code = job.exit_code if job is not None and job.state == EXITED else None
+    if exit_code == STOPPED_EXIT_CODE or (status == "stopped" and not exit_code):
+        after = f"after {finished_epochs(progress)}" if progress else "before its first epoch"
+        return (
+            f"**Training was stopped** {after}; `make demo` (or the same training command) "
+            "resumes it."
+        )
     if status == "failed":
-        error = (progress.get("error") or "no reason was recorded")[:MAX_ERROR_CHARS]
-        return f"**Training failed**: {error}. The terminal that started it shows the details."
+        error = public_error(progress.get("error") or "no reason was recorded")
+        return (
+            f"**Training failed**: {error[:MAX_ERROR_CHARS]}. The terminal that started it "
+            "shows the details."
+        )
     if job is not None and job.state == EXITED and job.exit_code != 0:
         return (
             f"**Training failed**: {job_failure(job)} before it said why; the terminal "
@@ -109,11 +146,6 @@ def training_status(progress: dict | None, job: Job | None, serving: bool, now: 
     if status in ("evaluating", "exporting"):
         what = "evaluating" if status == "evaluating" else "exporting"
         return f"**Training finished** after {finished_epochs(progress)}; {what} the model."
-    if status == "stopped":
-        return (
-            f"**Training was stopped** after {finished_epochs(progress)}; "
-            "`make demo` (or the same training command) resumes it."
-        )
     if status == "done" and not serving:
         return "**Training finished**; loading the model."
     return ""

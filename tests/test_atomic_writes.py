@@ -59,8 +59,17 @@ def write_shapes_cache(folder):
     return list(folder.rglob("*.npz"))
 
 
+def write_attention_picture(folder):
+    """A picture the demo page may be showing while the next epoch's replaces it."""
+    from shared.plots import attention_heatmap
+
+    attention_heatmap(np.eye(2), ["a", "b"], ["c", "d"], path=folder / "0.png")
+    return [folder / "0.png"]
+
+
 def train_one_epoch(folder):
-    """`fit` writes the best model (BestModelCheckpoint) and the finished weights."""
+    """`fit` writes the best model (BestModelCheckpoint), the history and the finished
+    weights."""
     from training.common import FINISHED_WEIGHTS, fit
 
     keras.utils.set_random_seed(0)
@@ -69,7 +78,7 @@ def train_one_epoch(folder):
     x, y = np.ones((8, 3), "float32"), np.zeros((8, 1), "float32")
     batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
     fit(model, folder, batches, batches, epochs=1, patience=1)
-    return [folder / "model.keras", folder / FINISHED_WEIGHTS]
+    return [folder / "model.keras", folder / "history.csv", folder / FINISHED_WEIGHTS]
 
 
 WRITERS = [
@@ -78,6 +87,7 @@ WRITERS = [
     write_metrics,
     write_benchmark,
     write_shapes_cache,
+    write_attention_picture,
     train_one_epoch,
 ]
 

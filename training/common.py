@@ -8,7 +8,8 @@ A run directory holds everything about one trained model:
     backup/            Keras BackupAndRestore state: a killed run resumes from here
     trained.weights.h5 the final weights, written when fit has ended
     logs/              TensorBoard logs (train and validation)
-    history.csv        one line of metrics per epoch
+    history.csv        one line of metrics per epoch (`training.history`)
+    .lock              held by the process training in the directory (`hold_run_dir`)
     metrics.json       the final evaluation
     samples/           attention pictures of sample outputs
     export/<name>/<n>/ the SavedModel, numbered for TF Serving
@@ -16,15 +17,22 @@ A run directory holds everything about one trained model:
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: run directories are not locked
+    fcntl = None
 
 import keras
 import tensorflow as tf
@@ -33,8 +41,10 @@ from shared import config as config_io
 from shared import files
 from shared.export import latest_version
 from shared.metrics import MaskedAccuracy, MaskedCrossEntropy
+from shared.progress import STOPPED_EXIT_CODE
 from shared.text import Vocabulary
 from training import distribute
+from training.history import HISTORY_FILE, HistoryLog, read_history
 
 # Written when fit has ended: a run killed after it (during evaluation or export) skips fit.
 FINISHED_WEIGHTS = "trained.weights.h5"
@@ -44,19 +54,52 @@ class UserError(Exception):
     """A mistake the user can fix; printed as one sentence, without a traceback."""
 
 
-def run_main(main) -> None:
+# What a training script says when Ctrl-C stops it (others say only "stopped.").
+RESUMES = "stopped; the same command resumes the run."
+
+
+def run_main(main, stopped: str = "stopped.") -> None:
     """Runs `main()`, turning a `UserError` (or a data error) into a message and exit code 2,
-    and Ctrl-C into one line and exit code 130 (the run has recorded where it stopped)."""
+    and Ctrl-C into the line `stopped` and exit code 130.
+
+    SIGINT is first set back to Python's KeyboardInterrupt: a process started in the
+    background of a script (the demo's training child) inherits it ignored, and a stop sent
+    to it would do nothing. Set here rather than by the parent between fork and exec, which
+    is unsafe in a parent running threads."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
     except KeyboardInterrupt:
-        print("\nstopped; the same command resumes the run.", file=sys.stderr)
-        sys.exit(130)
+        print(f"\n{stopped}", file=sys.stderr)
+        sys.exit(STOPPED_EXIT_CODE)
     except (UserError, FileNotFoundError, ValueError) as error:
         if isinstance(error, ValueError) and not getattr(error, "user_facing", True):
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def hold_run_dir(run_dir: Path):
+    """Holds an exclusive lock on `<run_dir>/.lock` for the block; refuses (a `UserError`) when
+    another process holds it. Two trainers in one run directory would overwrite each other's
+    backup, checkpoints and history. The kernel releases the lock when the process ends, however
+    it ends, so a killed run never leaves the directory locked. Creates `run_dir`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a+b") as lock:
+        try:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"another process is training in {run_dir}; wait for it to end or stop it, or "
+                "choose another --run-dir."
+            ) from None
+        yield
 
 
 def prepare_run_dir(run_dir: str | os.PathLike, config, export_name: str, overwrite: bool) -> Path:
@@ -106,7 +149,7 @@ STALE_ON_OVERWRITE = (
     "backup",
     "model.keras",
     FINISHED_WEIGHTS,
-    "history.csv",
+    HISTORY_FILE,
     "logs",
     "features",
     "image_cache",
@@ -182,7 +225,7 @@ def fit(
     still decides when training has stopped improving (a quality that is still 0 after a few
     epochs says nothing about progress; the loss does).
 
-    `watchers` run right after the backup is restored and before the checkpoint sees an
+    `watchers` run after the backup is restored and before the checkpoint sees an
     epoch's logs: the learning-rate schedule (`training.schedule`) and the progress log
     (`shared.progress.ProgressLog`), which records each epoch's wall time and quality for the
     demo page and the time-to-quality benchmark and adds the quality to the logs. Keras prints a progress bar within
@@ -232,16 +275,17 @@ def training_callbacks(
     watchers: list[keras.callbacks.Callback] = (),
     keep: str | None = None,
 ) -> list[keras.callbacks.Callback]:
-    """Resumption, `watchers`, best-model checkpoint, early stopping and logs, in the order
+    """`watchers`, best-model checkpoint, early stopping, logs and resumption, in the order
     Keras runs them: a watcher may add to the epoch's logs (quality, learning rate) before the
-    rest see them.
+    rest see them, and the backup records an epoch as done after all of them, so a run
+    stopped during an epoch's checks trains that epoch again rather than skipping it.
 
     After a resumption, the best value so far comes from history.csv, so neither the
     checkpoint nor early stopping forgets the epochs before the interruption.
     """
-    best_so_far = best_logged(run_dir / "history.csv", monitor)
+    best_so_far = best_logged(run_dir / HISTORY_FILE, monitor)
     keep = keep or monitor
-    best_kept = best_logged(run_dir / "history.csv", keep)
+    best_kept = best_logged(run_dir / HISTORY_FILE, keep)
     if keep == monitor:
         stopping = keras.callbacks.EarlyStopping(
             monitor=monitor, mode="min", patience=patience, baseline=best_so_far
@@ -249,21 +293,22 @@ def training_callbacks(
     else:
         stopping = StopWhenStalled({monitor: best_so_far, keep: best_kept}, patience)
     return [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
         *watchers,
         BestModelCheckpoint(run_dir / "model.keras", keep, best_kept),
         stopping,
         keras.callbacks.TensorBoard(str(run_dir / "logs")),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        HistoryLog(run_dir / HISTORY_FILE),
+        # Last: an epoch counts as done (and is skipped on resumption) only once everything
+        # above has recorded it. Its restore in `on_train_begin` still comes first, as every
+        # callback's `on_train_begin` runs before the first epoch begins.
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
     ]
 
 
 def best_logged(history_csv: Path, monitor: str) -> float | None:
-    """The lowest `monitor` value in a CSVLogger file, or None if there is none yet."""
-    if not history_csv.is_file():
-        return None
-    with history_csv.open(encoding="utf-8", newline="") as file:
-        values = [float(row[monitor]) for row in csv.DictReader(file) if row.get(monitor)]
+    """The lowest `monitor` value in a history file, or None if there is none yet."""
+    _, rows = read_history(history_csv)
+    values = [float(row[monitor]) for row in rows if row.get(monitor)]
     return min(values) if values else None
 
 

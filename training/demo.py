@@ -11,36 +11,31 @@ version trains with its default settings in a child process, one model at a time
 first), its output streaming to this terminal. Each tab shows its training live and serves
 the model as soon as it is exported (`shared.training_panel`, `shared.serving.LiveExport`).
 
-Ctrl+C (or SIGTERM) stops the page and the training child: the child gets one SIGINT, which
-makes Keras stop after the current batch and the run record "stopped", and is killed if it has
-not exited within `STOP_SECONDS`. The next `make demo` starts the same command again, which
-resumes the run where its last epoch ended. `--no-launch` only trains what is missing, in the
-foreground; `--no-train` only serves.
+Ctrl+C (or SIGTERM, or closing the terminal: SIGHUP) stops the page and the training child: the
+child gets one SIGINT, which makes Keras stop after the current batch and the run record
+"stopped", and is killed if it has not exited within `STOP_SECONDS`. The next `make demo`
+starts the same command again, which resumes the run where its last epoch ended. `--no-launch`
+only trains what is missing, in the foreground; `--no-train` only serves.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared import serving
+from shared.progress import STOPPED_EXIT_CODE
 from shared.training_panel import EXITED, QUEUED, RUNNING, Job
 
 STOP_SECONDS = 30.0  # how long a stopped training child may take to exit before it is killed
-
-
-def _interruptible() -> None:
-    """In the training child before it starts: SIGINT back to its default, which Python turns
-    into KeyboardInterrupt. A demo started in the background of a script inherits SIGINT
-    ignored, and so would its children: the stop sent to them would do nothing, and after
-    `STOP_SECONDS` they would be killed in the middle of an epoch."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @dataclass(frozen=True)
@@ -99,6 +94,7 @@ class TrainingQueue:
         self.stop_seconds = stop_seconds
         self.exit_codes: dict[str, int] = {}
         self.running: str | None = None
+        self._started: float | None = None  # time.time() when the running child started
         self._process: subprocess.Popen | None = None
         self._stopped = False
         self._lock = threading.Lock()  # between starting a child and stopping
@@ -111,7 +107,7 @@ class TrainingQueue:
         if name in self.exit_codes:
             return Job(EXITED, self.exit_codes[name])
         if name == self.running:
-            return Job(RUNNING)
+            return Job(RUNNING, started=self._started)
         waiting = [n for n in self.commands if n not in self.exit_codes]
         ahead = waiting[: waiting.index(name)]
         return Job(QUEUED, after=self.running or (ahead[0] if ahead else None))
@@ -129,10 +125,11 @@ class TrainingQueue:
                     break
                 print(f"{name}: no trained model yet; training one:", flush=True)
                 print("  " + " ".join(command), flush=True)
-                self._process = subprocess.Popen(
-                    command, process_group=0, preexec_fn=_interruptible
-                )
+                # A child inherits SIGINT ignored from a demo started in a script's
+                # background; the training script sets it back itself (`run_main`).
+                self._process = subprocess.Popen(command, process_group=0)
                 self.running = name
+                self._started = time.time()
             exit_code = self._process.wait()  # the child's output streams through
             self.exit_codes[name] = exit_code
             self.running = None
@@ -147,12 +144,12 @@ class TrainingQueue:
             process, name = self._process, self.running
         if process is None or process.poll() is not None:
             return
-        print(f"{name}: stopping its training; the next `make demo` resumes it.", flush=True)
         try:
             process.send_signal(signal.SIGINT)
+            _say(f"{name}: stopping its training; the next `make demo` resumes it.")
             process.wait(timeout=self.stop_seconds)
         except (subprocess.TimeoutExpired, KeyboardInterrupt):  # slow, or a second Ctrl+C
-            print(f"{name}: training did not stop in time; killing it.", flush=True)
+            _say(f"{name}: training did not stop in time; killing it.")
             process.kill()
             process.wait()
 
@@ -204,19 +201,29 @@ def main(argv=None) -> None:
     missing = [] if args.no_train else models_to_train(runs_dir)
     queue = TrainingQueue({model.name: training_command(model, runs_dir) for model in missing})
     signal.signal(signal.SIGTERM, interrupt)  # a service manager's stop also stops training
+    signal.signal(signal.SIGHUP, interrupt)  # and so does closing the terminal
     try:
         if settings is None:
             sys.exit(0 if queue.run() else 1)
         page = build_demo(runs_dir, settings.delete_cache, queue)
-        serving.serve_forever(page, settings, started=queue.start)
+        serving.serve_forever(page, settings, started=queue.start)  # returns at Ctrl+C
     except KeyboardInterrupt:
-        sys.exit(130)  # the conventional code of a Ctrl+C, without a traceback
+        # Ctrl+C while training in the foreground (--no-launch) or while the page is built:
+        # the conventional code, without a traceback. While the page is served, Gradio's
+        # `block_thread` takes the Ctrl+C, closes the server and returns: the demo exits 0.
+        sys.exit(STOPPED_EXIT_CODE)
     finally:
         queue.stop()
 
 
 def interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM ends the demo the way Ctrl+C does
+    raise KeyboardInterrupt  # SIGTERM and SIGHUP end the demo the way Ctrl+C does
+
+
+def _say(text: str) -> None:
+    """Prints `text`, unless the terminal has gone (closed: SIGHUP) and the write fails."""
+    with contextlib.suppress(OSError):
+        print(text, flush=True)
 
 
 if __name__ == "__main__":

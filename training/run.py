@@ -24,7 +24,7 @@ from shared import progress as run_progress
 from shared.progress import QualityCheck
 from shared.text import Vocabulary
 from training import distribute
-from training.common import fit, prepare_run_dir, save_config, save_vocabulary
+from training.common import fit, hold_run_dir, prepare_run_dir, save_config, save_vocabulary
 from training.schedule import LearningRateSchedule, steps_per_epoch
 from training.settings import RunSettings
 
@@ -89,30 +89,36 @@ def train(recipe: Recipe, config, overwrite: bool = False, evaluate: bool = True
     other than the chief).
 
     `<run_dir>/progress.json` (`shared.progress`) says what the run is doing: training (with
-    each epoch's time and quality), evaluating, exporting, done, or failed with the error."""
+    each epoch's time and quality), evaluating, exporting, done, or failed with the error
+    (in full: the demo page shows it without server paths). From the data loaded to the end,
+    the run holds `<run_dir>/.lock` (`training.common.hold_run_dir`): a second process
+    training the same directory is refused."""
     strategy = distribute.make_strategy(config.strategy, config.devices)  # before other TF work
     keras.mixed_precision.set_global_policy(config.precision)  # before any layer is built
     print(distribute.describe(strategy))
     keras.utils.set_random_seed(config.seed)
     run_dir = distribute.worker_run_dir(config.run_dir, strategy)
     data = recipe.load_data(config, evaluate)  # a wrong --data leaves the run directory alone
-    if not overwrite:
-        recipe.check_run_dir(run_dir, config)
-    run_dir = prepare_run_dir(run_dir, config, recipe.export_name, overwrite)
-    vocabularies = recipe.vocabularies(config, data)
-    save_config(run_dir, config)
-    for file_name, vocabulary in vocabularies.items():
-        save_vocabulary(vocabulary, run_dir / file_name)
-    sizes = ", ".join(f"{len(v)} tokens ({name})" for name, v in vocabularies.items())
-    print(f"vocabulary: {sizes}")
+    with hold_run_dir(run_dir):  # refused while another process trains there
+        if not overwrite:
+            recipe.check_run_dir(run_dir, config)
+        run_dir = prepare_run_dir(run_dir, config, recipe.export_name, overwrite)
+        vocabularies = recipe.vocabularies(config, data)
+        save_config(run_dir, config)
+        for file_name, vocabulary in vocabularies.items():
+            save_vocabulary(vocabulary, run_dir / file_name)
+        sizes = ", ".join(f"{len(v)} tokens ({name})" for name, v in vocabularies.items())
+        print(f"vocabulary: {sizes}")
 
-    try:
-        return _fit_evaluate_export(recipe, config, run_dir, data, vocabularies, strategy, evaluate)
-    except BaseException as error:  # recorded for the demo page, then raised as before
-        stopped = isinstance(error, KeyboardInterrupt)
-        message = None if stopped else f"{type(error).__name__}: {error}"
-        run_progress.set_status(run_dir, "stopped" if stopped else "failed", message)
-        raise
+        try:
+            return _fit_evaluate_export(
+                recipe, config, run_dir, data, vocabularies, strategy, evaluate
+            )
+        except BaseException as error:  # recorded for the demo page, then raised as before
+            stopped = isinstance(error, KeyboardInterrupt)
+            message = None if stopped else f"{type(error).__name__}: {error}"
+            run_progress.set_status(run_dir, "stopped" if stopped else "failed", message)
+            raise
 
 
 def _fit_evaluate_export(recipe, config, run_dir, data, vocabularies, strategy, evaluate) -> dict:

@@ -24,7 +24,7 @@ from pathlib import Path
 from training import captioner_pipeline as pipeline
 from training import distribute, evaluate_captioner, image_cache, run
 from training.captioner_config import CaptionerConfig
-from training.common import UserError, run_main
+from training.common import RESUMES, UserError, run_main
 from training.feature_cache import cached_features
 
 EXPORT_NAME = pipeline.EXPORT_NAME
@@ -148,4 +148,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, stopped=RESUMES)

@@ -140,7 +140,7 @@ class BrokenQualityCheck(ChatbotRecipe):
         return check
 
 
-def test_a_run_that_fails_inside_fit_is_failed_with_the_error(tmp_path):
+def test_a_run_that_fails_inside_fit_is_failed_with_the_error_and_resumes_that_epoch(tmp_path):
     run_dir = tmp_path / "run"
     config = ChatbotConfig(run_dir=str(run_dir), check_quality=True, **TINY)
     with pytest.raises(RuntimeError, match="quality check broke"):
@@ -150,3 +150,10 @@ def test_a_run_that_fails_inside_fit_is_failed_with_the_error(tmp_path):
     assert record["history"] == [], "the epoch whose check failed is not recorded as done"
     assert record["epoch"] == 0
     assert not export_versions(run_dir, EXPORT_NAME)
+    # Nor does the backup count it: the same command trains the first epoch again.
+    run.train(ChatbotRecipe(), config, evaluate=False)
+    record = read_progress(run_dir)
+    assert record["status"] == "done"
+    assert [entry["epoch"] for entry in record["history"]] == [1, 2]
+    assert all("corpus_recall" in entry["quality"] for entry in record["history"])
+    assert history_column(run_dir, "epoch") == ["0", "1"]
