@@ -14,6 +14,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from chatbot.retrieve import RETRIEVED_SEPARATOR, RetrievedReply
 from shared.compiled import compiled_search, cut_to_bucket
 from shared.decoder import AttentionDecoder
 from shared.export import MAX_SERVING_BATCH, bounded_batch
@@ -134,6 +135,9 @@ class Seq2Seq(keras.Model):
         max_source_length, max_target_length: longest prompt read and reply written, in tokens.
         encoder: keyword arguments of `SentenceEncoder` (besides `vocabulary_size`).
         decoder: keyword arguments of `AttentionDecoder` (besides `vocabulary_size`).
+        retrieval: the config of a `chatbot.retrieve.RetrievedReply` over the training
+            prompts, for retrieve-and-refine: the encoder then reads `prompt ␟ reply of the
+            nearest training prompt` (`source_ids`); None reads the prompt alone.
     """
 
     def __init__(
@@ -145,9 +149,15 @@ class Seq2Seq(keras.Model):
         max_target_length: int = 32,
         encoder: dict | None = None,
         decoder: dict | None = None,
+        retrieval: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if retrieval is not None and RETRIEVED_SEPARATOR not in source_tokens:
+            raise ValueError(
+                f"A model with retrieval needs {RETRIEVED_SEPARATOR!r} in its source vocabulary "
+                "(build it from the prompts, the replies and the separator)."
+            )
         self.source_tokens = list(source_tokens)
         self.target_tokens = list(target_tokens)
         self.mode = mode
@@ -155,6 +165,9 @@ class Seq2Seq(keras.Model):
         self.max_target_length = max_target_length
         self.encoder_settings = dict(encoder or {})
         self.decoder_settings = dict(decoder or {})
+        self.retrieval_settings = None if retrieval is None else dict(retrieval)
+        # With retrieval the encoder reads `prompt ␟ retrieved reply`: longer than a prompt.
+        self.source_length = max_source_length + (0 if retrieval is None else 1 + max_target_length)
 
         # === Layers ===
         self.source_text = TextVectorizer(
@@ -168,6 +181,11 @@ class Seq2Seq(keras.Model):
         )
         self.decoder = AttentionDecoder(
             len(self.target_tokens), **self.decoder_settings, name="decoder"
+        )
+        self.retrieval = (
+            None
+            if retrieval is None
+            else RetrievedReply.from_config({**retrieval, "name": "retrieval"})
         )
 
     def build(self, input_shape):
@@ -184,6 +202,30 @@ class Seq2Seq(keras.Model):
             inputs["decoder_inputs"], memory, mask, training=training, packed=packed
         )
         return logits
+
+    # === What the encoder reads ===
+
+    def source_ids(self, prompts, retrieved=None):
+        """Prompt strings `(batch,)` -> padded source ids `(batch, source_length)`.
+
+        A model with retrieval (retrieve-and-refine, `chatbot.retrieve`) reads each prompt, the
+        separator ␟ and a reply: `retrieved` (strings, as training chooses them), or the reply
+        of the training prompt nearest to the prompt when None (as served).
+        """
+        return self._source_with_reply(self.source_text.token_ids(prompts), retrieved)
+
+    def _source_with_reply(self, prompt_ids, retrieved=None):
+        """Ragged prompt ids -> padded source ids; see `source_ids`."""
+        if self.retrieval is None:
+            return prompt_ids.to_tensor(default_value=PAD_ID, shape=[None, self.source_length])
+        if retrieved is None:
+            padded = prompt_ids.to_tensor(PAD_ID, shape=[None, self.max_source_length])
+            retrieved = self.retrieval(padded)
+        reply_ids = self.source_text.token_ids(retrieved, self.max_target_length)
+        separator = self.source_tokens.index(RETRIEVED_SEPARATOR)
+        column = tf.fill([prompt_ids.nrows(out_type=tf.int32), 1], separator)
+        joined = tf.concat([prompt_ids, tf.RaggedTensor.from_tensor(column), reply_ids], axis=1)
+        return joined.to_tensor(default_value=PAD_ID, shape=[None, self.source_length])
 
     # === Replying, in the graph ===
 
@@ -231,16 +273,18 @@ class Seq2Seq(keras.Model):
             self.build({"source": (None, None), "decoder_inputs": (None, None)})
         words, ids = self.source_text.read(texts)
         padded = ids.to_tensor(default_value=PAD_ID, shape=[None, self.max_source_length])
-        status = message_status(padded)
+        status = message_status(padded)  # of the message alone, never of a retrieved reply
         answered = tf.equal(status, STATUS_OK)
+        retrieved = None if self.retrieval is None else self.retrieval(padded)
+        source = self._source_with_reply(ids, retrieved)
         result = compiled_search(self.reply_ids, jit_compile)(
-            cut_to_bucket(padded, PAD_ID), **search_settings
+            cut_to_bucket(source, PAD_ID), **search_settings
         )
-        # The attention covers the prompt's length bucket; padded back to max_source_length,
-        # so the output's shape does not depend on the prompt.
-        missing = self.max_source_length - tf.shape(result.weights)[2]
+        # The attention covers the source's length bucket; padded back to source_length, so
+        # the output's shape does not depend on the prompt. The prompt's tokens come first.
+        missing = self.source_length - tf.shape(result.weights)[2]
         attention = tf.pad(result.weights, [[0, 0], [0, 0], [0, missing]])
-        attention.set_shape([None, self.max_target_length, self.max_source_length])
+        attention.set_shape([None, self.max_target_length, self.source_length])
         reply_ids = tf.where(answered[:, None], result.tokens, PAD_ID)
         reply_tokens = self.target_text.ids_to_tokens(reply_ids)
         reply = tf.where(
@@ -248,7 +292,9 @@ class Seq2Seq(keras.Model):
             NO_KNOWN_WORDS_REPLY,
             join_tokens(reply_tokens, self.mode),
         )
+        extra = {} if retrieved is None else {"retrieved": retrieved}
         return {
+            **extra,
             "reply": reply,
             "status": status,
             "score": tf.where(answered, result.scores, 0.0),
@@ -327,4 +373,5 @@ class Seq2Seq(keras.Model):
             "max_target_length": self.max_target_length,
             "encoder": self.encoder_settings,
             "decoder": self.decoder_settings,
+            "retrieval": self.retrieval_settings,
         }

@@ -265,6 +265,11 @@ class TextVectorizer(keras.layers.Layer):
         """The tokens the model actually reads for each string (unknown words shown as [UNK])."""
         return self.tokens_of(self._token_ids(text, self.max_length))
 
+    def token_ids(self, text, length: int | None = None):
+        """Ragged ids `(batch, None)` of each string's first `length` tokens (`max_length`
+        when None), without start or end ids."""
+        return self._token_ids(text, self.max_length if length is None else length)
+
     def read(self, text):
         """`(words, ids)`: what the model reads of each string, in one pass over the text.
 

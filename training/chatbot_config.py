@@ -47,6 +47,18 @@ class ChatbotConfig(RunSettings):
         20000, "largest vocabulary per side, reserved tokens included", section="Data"
     )
     min_count: int = setting(1, "rarer tokens become [UNK]", section="Data")
+    retrieve: bool = setting(
+        False,
+        "retrieve-and-refine: the encoder also reads the reply of the training prompt nearest "
+        "to the message (TF-IDF, inside the export), to copy, adapt or ignore",
+        section="Data",
+    )
+    retrieved_gold_share: float = setting(
+        0.5,
+        "with --retrieve, the share of training pairs shown their own reply in place of the "
+        "nearest other prompt's (drawn every epoch)",
+        section="Data",
+    )
     # === Encoder ===
     encoder_units: int = setting(256, "encoder units per direction", section="Encoder")
     encoder_cell: str = setting(

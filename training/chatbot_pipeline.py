@@ -11,13 +11,15 @@ Training, evaluation, experiments and benchmarks all build a chatbot from these 
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from chatbot.data import Pair, load_pairs, split_pairs, unique_pairs
 from chatbot.model import Seq2Seq
+from chatbot.retrieve import RETRIEVED_SEPARATOR, RetrievedReply, TokenTfidf
 from chatbot.turns import TURN_JOINER
 from shared.export import MAX_SERVING_BATCH, write_model_export
-from shared.text import Vocabulary
+from shared.text import TextVectorizer, Vocabulary
 from training import batching
 from training.chatbot_config import ChatbotConfig
 from training.common import UserError, compile_for_training
@@ -52,16 +54,29 @@ def build_vocabularies(
     config: ChatbotConfig, train_pairs: list[Pair]
 ) -> tuple[Vocabulary, Vocabulary]:
     """(source, target) vocabularies of the training prompts and replies."""
-    source = Vocabulary.from_texts(
-        (p.prompt for p in train_pairs), config.mode, config.max_vocabulary, config.min_count
-    )
+    # With retrieval the encoder reads training replies too, after the separator ␟.
+    read = [p.prompt for p in train_pairs]
+    if config.retrieve:
+        read += [p.reply for p in train_pairs] + [RETRIEVED_SEPARATOR] * config.min_count
+    source = Vocabulary.from_texts(read, config.mode, config.max_vocabulary, config.min_count)
     target = Vocabulary.from_texts(
         (p.reply for p in train_pairs), config.mode, config.max_vocabulary, config.min_count
     )
     return source, target
 
 
-def build_model(config: ChatbotConfig, source: Vocabulary, target: Vocabulary) -> Seq2Seq:
+def build_model(
+    config: ChatbotConfig,
+    source: Vocabulary,
+    target: Vocabulary,
+    train_pairs: list[Pair] | None = None,
+) -> Seq2Seq:
+    """The compiled model; with `config.retrieve`, its retrieval indexes `train_pairs`."""
+    retrieval = None
+    if config.retrieve:
+        if not train_pairs:
+            raise ValueError("A model with retrieval needs the training pairs to index.")
+        retrieval = RetrievalIndex(train_pairs, source, config).layer.get_config()
     model = Seq2Seq(
         source.tokens,
         target.tokens,
@@ -70,10 +85,48 @@ def build_model(config: ChatbotConfig, source: Vocabulary, target: Vocabulary) -
         max_target_length=config.max_target_length,
         encoder=config.encoder_settings(),
         decoder=config.decoder_settings(),
+        retrieval=retrieval,
         name="chatbot",
     )
     compile_for_training(model, config)
     return model
+
+
+class RetrievalIndex:
+    """The training prompts indexed for retrieve-and-refine (`chatbot.retrieve`).
+
+    Prompts are told apart by the ids the model reads ("Hello" and "hello" are one prompt,
+    answered by the first of their replies). `leave_one_out(pairs)` is what training shows
+    with each pair: the reply of the nearest *other* training prompt, as a prompt the model
+    has not seen gets.
+    """
+
+    def __init__(self, train_pairs: list[Pair], source: Vocabulary, config: ChatbotConfig):
+        self.vectorizer = TextVectorizer(source.tokens, config.mode, config.max_source_length)
+        self.rows: dict[tuple, int] = {}
+        replies = []
+        for pair, row in zip(train_pairs, self._id_rows([p.prompt for p in train_pairs])):
+            if row not in self.rows:
+                self.rows[row] = len(replies)
+                replies.append(pair.reply)
+        ids = np.zeros((len(replies), config.max_source_length), np.int64)
+        for row, index in self.rows.items():
+            ids[index, : len(row)] = row
+        self.index = TokenTfidf(ids, len(source))
+        self.replies = replies
+        self.layer = RetrievedReply.from_index(self.index, replies)
+
+    def _id_rows(self, prompts: list[str]) -> list[tuple]:
+        ids = self.vectorizer(tf.constant(prompts, tf.string)).numpy()
+        return [tuple(int(i) for i in row if i != 0) for row in ids]
+
+    def leave_one_out(self, pairs: list[Pair]) -> list[str]:
+        rows = self._id_rows([p.prompt for p in pairs])
+        ids = np.zeros((len(rows), self.vectorizer.max_length), np.int64)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = row
+        own = np.array([self.rows.get(row, -1) for row in rows])
+        return [self.replies[i] for i in np.atleast_1d(self.index.nearest(ids, exclude=own))]
 
 
 # Reply lengths in words that start a new batch group. Finer groups by token count (2, 4, …,
@@ -82,19 +135,34 @@ def build_model(config: ChatbotConfig, source: Vocabulary, target: Vocabulary) -
 LENGTH_BUCKETS = (8, 16, 32, 64)
 
 
-def batches(pairs: list[Pair], model: Seq2Seq, batch_size: int, shuffle: bool, seed: int):
+def batches(
+    pairs: list[Pair],
+    model: Seq2Seq,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    retrieved: list[str] | None = None,
+    gold_share: float = 0.0,
+):
     """Pairs -> `({"source", "decoder_inputs"}, labels)` batches, tokenized in the pipeline.
 
     Pairs of similar reply length are batched together and every batch is cut to its longest
     sequence, so a batch of short replies doesn't pay for the longest reply of the corpus.
+
+    For a model with retrieval, the reply the encoder reads beside each prompt: by default the
+    nearest training prompt's, as served; in training, `retrieved` (one per pair: the nearest
+    *other* prompt's, `RetrievalIndex.leave_one_out`), replaced by the pair's own reply with
+    probability `gold_share`, drawn anew every epoch (Roller et al. 2020's alpha-blending: the
+    model learns to copy a reply that fits as well as to ignore one that does not).
     """
     prompts = tf.constant([p.prompt for p in pairs], tf.string)
     replies = tf.constant([p.reply for p in pairs], tf.string)
-    dataset = tf.data.Dataset.from_tensor_slices((prompts, replies))
+    shown = tf.constant(retrieved if retrieved is not None else [""] * len(pairs), tf.string)
+    dataset = tf.data.Dataset.from_tensor_slices((prompts, replies, shown))
 
     def grouped(dataset):
         return batching.group_by_length(
-            dataset, lambda prompt, reply: batching.word_count(reply), LENGTH_BUCKETS, batch_size
+            dataset, lambda prompt, reply, _: batching.word_count(reply), LENGTH_BUCKETS, batch_size
         )
 
     # Grouped batches have no count tf.data knows, so Keras would learn an epoch's length by
@@ -106,8 +174,13 @@ def batches(pairs: list[Pair], model: Seq2Seq, batch_size: int, shuffle: bool, s
         dataset = dataset.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
     dataset = grouped(dataset).apply(tf.data.experimental.assert_cardinality(count))
 
-    def to_model_inputs(prompt, reply):
-        source = model.source_text(prompt)
+    def to_model_inputs(prompt, reply, shown):
+        if retrieved is None:
+            shown = None  # the served retrieval, or none for a model without it
+        elif gold_share > 0:
+            gold = tf.random.uniform(tf.shape(reply), seed=seed) < gold_share
+            shown = tf.where(gold, reply, shown)
+        source = model.source_ids(prompt, shown)
         decoder_inputs, labels = batching.cut_to_longest(*model.target_text.encode_target(reply))
         inputs = {
             "source": source[:, : batching.longest_row(source)],
@@ -149,6 +222,7 @@ def export(model: Seq2Seq, run_dir, config: ChatbotConfig):
             "mode": config.mode,
             "max_source_length": config.max_source_length,
             "context_turns": config.context_turns,
+            "retrieve": config.retrieve,
             "max_batch": MAX_SERVING_BATCH,
             "inputs": {
                 "text": "string (batch ≤ max_batch,) — the conversation's last context_turns "
