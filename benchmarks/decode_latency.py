@@ -153,8 +153,8 @@ def load_chatbot(run_dir: Path, count: int) -> App:
             "seed": tf.constant(0),
         }
 
-    baseline_inputs = [{"source": model.source_text(tf.constant([p]))} for p in prompts]
-    rows = config.max_source_length
+    baseline_inputs = [{"source": model.source_ids(tf.constant([p]))} for p in prompts]
+    rows = model.source_length
     return App("chatbot", run_dir, prompts, endpoint_args, model, rows, baseline_inputs)
 
 

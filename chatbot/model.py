@@ -292,7 +292,8 @@ class Seq2Seq(keras.Model):
             NO_KNOWN_WORDS_REPLY,
             join_tokens(reply_tokens, self.mode),
         )
-        extra = {} if retrieved is None else {"retrieved": retrieved}
+        # What the encoder read beside each answered message (nothing for the others).
+        extra = {} if retrieved is None else {"retrieved": tf.where(answered, retrieved, "")}
         return {
             **extra,
             "reply": reply,
@@ -332,8 +333,8 @@ class Seq2Seq(keras.Model):
 
         `jit_compile`: the search compiled with XLA (`shared.compiled`; the text work stays
         outside). `decoding`: search settings fixed in the export, beside the caller's
-        (`block_ngram`, `mmi_lambda`, `anti_lm_tokens`; see `reply_ids`); the training script
-        records them in the metadata.
+        (`block_ngram`, `mmi_lambda`, `anti_lm_tokens`; see `reply_ids`). The training
+        script's exports fix none (greedy, unblocked, no re-ranking: README, held-out table).
         """
         decoding = dict(decoding or {})
 

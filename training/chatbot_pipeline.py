@@ -54,11 +54,15 @@ def build_vocabularies(
     config: ChatbotConfig, train_pairs: list[Pair]
 ) -> tuple[Vocabulary, Vocabulary]:
     """(source, target) vocabularies of the training prompts and replies."""
-    # With retrieval the encoder reads training replies too, after the separator ␟.
+    # With retrieval the encoder reads training replies too, after the separator ␟, which is
+    # kept whatever the cap (the replies' words compete with the prompts' for the rest).
     read = [p.prompt for p in train_pairs]
     if config.retrieve:
-        read += [p.reply for p in train_pairs] + [RETRIEVED_SEPARATOR] * config.min_count
-    source = Vocabulary.from_texts(read, config.mode, config.max_vocabulary, config.min_count)
+        read += [p.reply for p in train_pairs]
+    size = config.max_vocabulary - (1 if config.retrieve else 0)
+    source = Vocabulary.from_texts(read, config.mode, size, config.min_count)
+    if config.retrieve and RETRIEVED_SEPARATOR not in source.tokens:
+        source = Vocabulary(source.tokens + (RETRIEVED_SEPARATOR,), config.mode)
     target = Vocabulary.from_texts(
         (p.reply for p in train_pairs), config.mode, config.max_vocabulary, config.min_count
     )
@@ -152,13 +156,22 @@ def batches(
     For a model with retrieval, the reply the encoder reads beside each prompt: by default the
     nearest training prompt's, as served; in training, `retrieved` (one per pair: the nearest
     *other* prompt's, `RetrievalIndex.leave_one_out`), replaced by the pair's own reply with
-    probability `gold_share`, drawn anew every epoch (Roller et al. 2020's alpha-blending: the
-    model learns to copy a reply that fits as well as to ignore one that does not).
+    probability `gold_share`, drawn for every pair and epoch from a stream seeded by `seed`
+    (Roller et al. 2020's alpha-blending: the model learns to copy a reply that fits as well
+    as to ignore one that does not).
     """
     prompts = tf.constant([p.prompt for p in pairs], tf.string)
     replies = tf.constant([p.reply for p in pairs], tf.string)
     shown = tf.constant(retrieved if retrieved is not None else [""] * len(pairs), tf.string)
     dataset = tf.data.Dataset.from_tensor_slices((prompts, replies, shown))
+    if retrieved is not None and gold_share > 0:
+        # One draw per pair and epoch, attached before shuffling from a seeded stream: the same
+        # seed shows the same pairs their own reply, however the map below is parallelised.
+        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        gold = draws.map(lambda r: tf.cast(r % 1_000_000, tf.float32) / 1e6 < gold_share)
+        dataset = tf.data.Dataset.zip((dataset, gold)).map(
+            lambda pair, gold: (pair[0], pair[1], tf.where(gold, pair[1], pair[2]))
+        )
 
     def grouped(dataset):
         return batching.group_by_length(
@@ -175,12 +188,8 @@ def batches(
     dataset = grouped(dataset).apply(tf.data.experimental.assert_cardinality(count))
 
     def to_model_inputs(prompt, reply, shown):
-        if retrieved is None:
-            shown = None  # the served retrieval, or none for a model without it
-        elif gold_share > 0:
-            gold = tf.random.uniform(tf.shape(reply), seed=seed) < gold_share
-            shown = tf.where(gold, reply, shown)
-        source = model.source_ids(prompt, shown)
+        # Without `retrieved`: the served retrieval, or none for a model without it.
+        source = model.source_ids(prompt, None if retrieved is None else shown)
         decoder_inputs, labels = batching.cut_to_longest(*model.target_text.encode_target(reply))
         inputs = {
             "source": source[:, : batching.longest_row(source)],

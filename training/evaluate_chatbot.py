@@ -162,6 +162,14 @@ def teacher_forced_recall(model: Seq2Seq, pairs: list[Pair], batch_size: int = 2
 _WRITTEN = weakref.WeakKeyDictionary()  # as `_RESPOND`: traced once per model
 
 
+def teacher_forced_inputs(model: Seq2Seq, prompts, replies):
+    """`(inputs, labels)` of prompt and reply strings, the encoder reading what the search
+    reads (with retrieval, the prompt and the reply retrieved for it)."""
+    source = model.source_ids(prompts)
+    decoder_inputs, labels = cut_to_longest(*model.target_text.encode_target(replies))
+    return {"source": source[:, : longest_row(source)], "decoder_inputs": decoder_inputs}, labels
+
+
 def _written_function(model: Seq2Seq):
     written = _WRITTEN.get(model)
     if written is None:
@@ -170,9 +178,7 @@ def _written_function(model: Seq2Seq):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)] * 2)
         def written(prompts, replies):
             model = model_ref()
-            source = model.source_text(prompts)
-            decoder_inputs, labels = cut_to_longest(*model.target_text.encode_target(replies))
-            inputs = {"source": source[:, : longest_row(source)], "decoder_inputs": decoder_inputs}
+            inputs, labels = teacher_forced_inputs(model, prompts, replies)
             logits = model(inputs, training=False)
             never = tf.one_hot(PAD_ID, tf.shape(logits)[-1]) + tf.one_hot(
                 START_ID, tf.shape(logits)[-1]

@@ -82,10 +82,11 @@ class ChatbotRecipe(run.Recipe):
 
     def monitor(self, config: ChatbotConfig) -> str:
         # Without held-out prompts the validation pairs are training pairs: loss says as much.
-        # On the ChatterBot corpus, held-out prompts too: the validation loss is lowest after
+        # On the English ChatterBot corpus (the one measured), held-out prompts too: the validation loss is lowest after
         # a few epochs, long before the model knows its corpus, yet the model that knows its
         # corpus answers held-out prompts on topic far more often (README, held-out table).
-        if config.holdout == 0 or config.data.startswith("chatterbot"):
+        english = config.data == "chatterbot" or config.data.startswith("chatterbot:english")
+        if config.holdout == 0 or english:
             return "loss"
         return "val_loss"
 

@@ -6,6 +6,7 @@ A tiny model on a hand-made corpus of four pairs, so every retrieval is known in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import textwrap
 
@@ -18,6 +19,7 @@ from chatbot.model import NO_KNOWN_WORDS_REPLY, STATUS_NO_KNOWN_WORDS, STATUS_OK
 from chatbot.retrieve import RETRIEVED_SEPARATOR
 from tests.training.helpers import TINY_RUN, run_fresh_python, train_run
 from training import chatbot_pipeline as pipeline
+from training import evaluate_chatbot
 from training.chatbot_config import ChatbotConfig
 from training.train_chatbot import EXPORT_NAME, train
 
@@ -86,11 +88,46 @@ def test_gold_share_one_shows_every_pair_its_own_reply(model):
 def test_a_reply_shows_what_was_retrieved_and_the_message_alone_decides_its_status(model):
     outputs = model.reply_texts(tf.constant(["do you like pizza", "zebra quagga"]))
     retrieved = [r.decode() for r in outputs["retrieved"].numpy()]
-    assert retrieved == ["pizza is my favourite food", "my name is glimpse"]  # none known: 0
+    assert retrieved == ["pizza is my favourite food", ""]  # nothing retrieved for no message
     assert [s.decode() for s in outputs["status"].numpy()] == [STATUS_OK, STATUS_NO_KNOWN_WORDS]
     assert outputs["reply"].numpy()[1].decode() == NO_KNOWN_WORDS_REPLY
     tokens = [[t.decode() for t in row if t] for row in outputs["input_tokens"].numpy()]
     assert tokens[0] == ["do", "you", "like", "pizza"]  # the message, not the retrieved reply
+
+
+def test_the_vocabulary_keeps_the_separator_under_a_small_cap(config):
+    small = dataclasses.replace(config, max_vocabulary=10)
+    source, _ = pipeline.build_vocabularies(small, PAIRS)
+    assert len(source) == 10 and RETRIEVED_SEPARATOR in source.tokens
+
+
+def test_the_same_seed_shows_the_same_pairs_their_own_reply(model):
+    """Gold replies are drawn per pair from a seeded stream: the same with the same seed, a mix
+    of both kinds at share 0.5, and a new draw for another seed."""
+    pairs = PAIRS * 8
+    index_replies = ["why did the chicken cross the road"] * len(pairs)
+
+    def sources(seed):
+        batches = pipeline.batches(pairs, model, 4, True, seed, index_replies, gold_share=0.5)
+        return sorted(row for inputs, _ in batches for row in read(model, inputs["source"]))
+
+    first = sources(0)
+    assert first == sources(0)
+    golds = [row.endswith(p.reply) for row in first for p in PAIRS if row.startswith(p.prompt)]
+    assert 0 < sum(golds) < len(golds)
+    assert sources(1) != first
+
+
+def test_teacher_forcing_reads_what_the_search_reads(model):
+    """The quality check's teacher-forced pass (`teacher_forced_recall`) feeds the encoder the
+    prompt and the reply retrieved for it, as the served search does."""
+    inputs, _ = evaluate_chatbot.teacher_forced_inputs(
+        model, tf.constant(["do you like pizza", "tell me a joke"]), tf.constant(["a", "b"])
+    )
+    assert read(model, inputs["source"]) == [
+        "do you like pizza ␟ pizza is my favourite food",
+        "tell me a joke ␟ why did the chicken cross the road",
+    ]
 
 
 FRESH = textwrap.dedent(

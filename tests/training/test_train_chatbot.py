@@ -689,11 +689,12 @@ def test_teacher_forced_recall_finds_the_prompts_greedy_search_answers(tmp_path)
 
 
 def test_a_chatterbot_run_with_held_out_prompts_keeps_the_epoch_of_lowest_training_loss():
-    """On the ChatterBot corpus the validation loss picks an epoch long before the model knows
+    """On the English ChatterBot corpus the validation loss picks an epoch long before the model knows
     its corpus, and that model answers held-out prompts on topic less often (README); other
     data with held-out prompts keeps the epoch of lowest validation loss."""
     recipe = train_chatbot.ChatbotRecipe()
     assert recipe.monitor(ChatbotConfig(data="chatterbot", holdout=0.1)) == "loss"
     assert recipe.monitor(ChatbotConfig(data="chatterbot:english", holdout=0.1)) == "loss"
     assert recipe.monitor(ChatbotConfig(data="reverse:num=200", holdout=0.1)) == "val_loss"
+    assert recipe.monitor(ChatbotConfig(data="chatterbot:chinese", holdout=0.1)) == "val_loss"
     assert recipe.monitor(ChatbotConfig(data="reverse:num=200", holdout=0.0)) == "loss"
