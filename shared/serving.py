@@ -573,14 +573,43 @@ def launch(
     if demo.delete_cache:
         cleaner = cache_cleaner(*demo.delete_cache)
         options.setdefault("app_kwargs", {}).setdefault("lifespan", cleaner)
-    return demo.launch(
-        server_name=host,
-        server_port=port,
-        max_file_size=MAX_FILE_SIZE,
-        auth=auth,
-        enable_monitoring=monitoring,
-        **options,
-    )
+    with patient_local_check():
+        return demo.launch(
+            server_name=host,
+            server_port=port,
+            max_file_size=MAX_FILE_SIZE,
+            auth=auth,
+            enable_monitoring=monitoring,
+            **options,
+        )
+
+
+# How long a launch waits for its own page to answer before Gradio gives up on it.
+LOCAL_CHECK_SECONDS = 60
+
+
+@contextlib.contextmanager
+def patient_local_check(seconds: float = LOCAL_CHECK_SECONDS):
+    """Gradio's launch asks the page it has just started for a response, and gives up after
+    the first request that takes 3 s ("When localhost is not accessible, a shareable link must
+    be created"): on a 2-core machine busy training, a page that is up can take that long. Within
+    this block the check is repeated until it passes or `seconds` have gone by."""
+    from gradio import networking
+
+    quick_check = networking.url_ok
+
+    def patient(url: str) -> bool:
+        deadline = time.monotonic() + seconds
+        while not quick_check(url):
+            if time.monotonic() > deadline:
+                return False
+        return True
+
+    networking.url_ok = patient
+    try:
+        yield
+    finally:
+        networking.url_ok = quick_check
 
 
 def serve_run_dir(description: str, default_run_dir: str, build_app, argv=None) -> None:
