@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +18,19 @@ import pytest
 from gradio_client import Client
 
 from shared import serving
+
+WAIT_SECONDS = 120  # the most a poll waits for a page or a process to catch up
+
+
+def wait_until(condition, what: str, poll_seconds: float = 0.5):
+    """Polls `condition()` until it is truthy (returned) or `WAIT_SECONDS` pass (fails)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(poll_seconds)
+    pytest.fail(f"waited {WAIT_SECONDS} s for {what}")
 
 
 def free_port() -> int:

@@ -29,22 +29,16 @@ from shared.progress import SAMPLES_DIR, write_progress
 from shared.training_panel import EXITED, QUEUED, RUNNING, Job, training_status
 from tests.captioner.test_app import bright_square_picture
 from tests.chatbot.test_app import GREEDY
-from tests.demo_helpers import free_port, install_export, page_client, panel
+from tests.demo_helpers import (
+    WAIT_SECONDS,
+    free_port,
+    install_export,
+    page_client,
+    panel,
+    wait_until,
+)
 from tests.subprocess_helpers import PROJECT_ROOT
 from training import demo as demo_command
-
-WAIT_SECONDS = 120  # the most any poll waits for the page to catch up
-
-
-def wait_until(condition, what: str):
-    """Polls `condition()` until it is truthy (returned) or `WAIT_SECONDS` pass (fails)."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.5)
-    pytest.fail(f"waited {WAIT_SECONDS} s for {what}")
 
 
 def training(epoch: int, epochs: int = 5, samples: list | None = None) -> dict:

@@ -17,14 +17,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.demo_helpers import WAIT_SECONDS, wait_until
 from tests.subprocess_helpers import PROJECT_ROOT
-
-WAIT_SECONDS = 120  # the most any poll waits
 
 # The training child: waits until stopped, under run_main.
 CHILD = textwrap.dedent(
@@ -64,16 +62,6 @@ DEMO = textwrap.dedent(
 )
 
 
-def wait_until(condition, what: str):
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.1)
-    pytest.fail(f"waited {WAIT_SECONDS} s for {what}")
-
-
 def lines(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
@@ -97,11 +85,13 @@ def test_stopping_the_demo_stops_its_training_child(stop, tmp_path):
         )
     child_pid = None
     try:
-        started = wait_until(lambda: [x for x in lines(log) if x.startswith("started")], "a child")
+        started = wait_until(
+            lambda: [x for x in lines(log) if x.startswith("started")], "a child", 0.1
+        )
         child_pid = int(started[0].split()[1])
         demo.send_signal(stop)
         demo.wait(timeout=WAIT_SECONDS)
-        wait_until(lambda: not alive(child_pid), "the training child to end")
+        wait_until(lambda: not alive(child_pid), "the training child to end", 0.1)
     finally:
         demo.kill()
         demo.wait()
@@ -131,7 +121,7 @@ def test_run_main_turns_an_inherited_ignored_sigint_back_into_a_stop(tmp_path):
         text=True,
     )
     try:
-        wait_until(lambda: lines(log), "the child to start")
+        wait_until(lambda: lines(log), "the child to start", 0.1)
         child.send_signal(signal.SIGINT)
         _, stderr = child.communicate(timeout=WAIT_SECONDS)
     except subprocess.TimeoutExpired:
