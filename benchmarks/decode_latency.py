@@ -18,9 +18,10 @@ alone and its endpoint is called as a client calls it:
 - the weight-read limit: the bytes a greedy step must read (every decoder weight but the
   embedding table, of which one row is read, the memory's key projection and the bridge to
   the first state, which run once per input; plus the attention memory and its keys), over
-  this machine's memory bandwidth (a NumPy copy of 512 MB, bytes copied per second): no
-  implementation that reads the weights from memory every step can be faster per token at
-  batch 1 (the weights do not fit in this CPU's caches);
+  this machine's memory bandwidth (a NumPy copy of 512 MB, bytes copied per second): what a
+  step costs when its weights come from memory. Where they fit in the CPU's last-level cache,
+  steps after the first can read them from there, faster than this limit: it is a reference,
+  not a floor;
 - the tutorial's eager greedy loop (`benchmarks/baseline.py`), with the run's weights, at
   batch 1 on the same inputs.
 """

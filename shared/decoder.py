@@ -235,10 +235,18 @@ class AttentionDecoder(keras.layers.Layer):
         Returns:
             `(logits (batch, vocabulary_size), new_state, weights (batch, S))`.
         """
-        token_part = self._project_tokens(self.embedding(tokens))
-        features, weights, state = self._step_features(
-            token_part, state, memory_context, self._extra_kernel()
-        )
+        embedded = self.embedding(tokens)
+        first = self.cells[0]
+
+        def cell_input(extra_input):
+            # [token; extra input] times the whole kernel: one product per step, and no slice
+            # of the kernel in the loop (XLA does not hoist it: benchmarks/README.md).
+            if extra_input is None:
+                return recurrent.project_inputs(first, embedded)
+            extra_input = ops.cast(extra_input, embedded.dtype)
+            return recurrent.project_inputs(first, ops.concatenate([embedded, extra_input], -1))
+
+        features, weights, state = self._step_features(cell_input, state, memory_context)
         logits = self.output_projection(self.output_dropout(features, training=training))
         return logits, state, weights
 
@@ -257,10 +265,14 @@ class AttentionDecoder(keras.layers.Layer):
             return None
         return ops.cast(kernel[self.embedding_dim :], self.compute_dtype)
 
-    def _step_features(self, token_part, state, memory_context, extra_kernel):
-        """One step from the token's share of the first cell's input product (`_project_tokens`)
-        and `extra_kernel` (`_extra_kernel`) -> features that predict the next token, weights,
-        state."""
+    def _step_features(self, cell_input, state, memory_context):
+        """One step -> features that predict the next token, weights, state.
+
+        `cell_input(extra_input)` gives the first cell's input product `x_t W + b` for this
+        step's token and `extra_input` (the context, the summary or h~_{t-1}; None when the cell
+        reads only the token). Teacher forcing has every token's share already (`_scan`);
+        search multiplies [token; extra input] by the whole kernel (`step`).
+        """
         memory, keys, mask = (
             memory_context["memory"],
             memory_context["keys"],
@@ -279,12 +291,7 @@ class AttentionDecoder(keras.layers.Layer):
         else:
             extra_input = None
 
-        projected = token_part
-        if extra_input is not None:
-            projected = projected + ops.matmul(
-                ops.cast(extra_input, token_part.dtype), extra_kernel
-            )
-        output, new_cells = self._run_cells(projected, cells)
+        output, new_cells = self._run_cells(cell_input(extra_input), cells)
         new_state = {"cells": new_cells}
 
         if self.placement == "luong":
@@ -364,9 +371,19 @@ class AttentionDecoder(keras.layers.Layer):
             )
             active = tf.reduce_sum(tf.cast(lengths[None, :] > tf.range(steps)[:, None], "int32"), 1)
         extra_kernel = self._extra_kernel()
+
+        def cell_input(token_part):
+            def with_extra(extra_input):
+                if extra_input is None:
+                    return token_part
+                extra_input = ops.cast(extra_input, token_part.dtype)
+                return token_part + ops.matmul(extra_input, extra_kernel)
+
+            return with_extra
+
         features, weights, state = self._over_time(
             lambda x, state, n: self._step_features(
-                x, state, _first(memory_context, n), extra_kernel
+                cell_input(x), state, _first(memory_context, n)
             ),
             token_parts,
             active,

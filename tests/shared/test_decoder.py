@@ -344,6 +344,31 @@ def test_packed_steps_skip_padding_and_xla_runs_every_row_to_the_end():
     assert_same_at_real_positions(targets, compiled, packed)
 
 
+@pytest.mark.parametrize(("attention", "placement", "input_feeding"), PLACEMENTS, ids=PLACEMENT_IDS)
+def test_a_search_step_reads_the_cell_kernels_whole(attention, placement, input_feeding):
+    """A step inside the search loop multiplies by each cell's kernel as it is stored, never by
+    a slice of it: a slice in the loop copies the kernel's rows on every step, which XLA does
+    not hoist out of the loop (it was a sixth of a chatbot step)."""
+    decoder = make_decoder(
+        seed=14, attention=attention, placement=placement, input_feeding=input_feeding
+    )
+    targets, memory, mask = random_inputs(seed=14)
+    memory_context = decoder.prepare_memory(memory, mask)
+    state = decoder.initial_state(memory_context)
+    graph = (
+        tf.function(lambda tokens: decoder.step(tokens, state, memory_context)[0])
+        .get_concrete_function(tf.TensorSpec([BATCH], tf.int32))
+        .graph
+    )
+    kernel_shapes = {tuple(cell.kernel.shape) for cell in decoder.cells}
+    sliced = [
+        op.name
+        for op in graph.get_operations()
+        if op.type == "StridedSlice" and tuple(op.inputs[0].shape) in kernel_shapes
+    ]
+    assert sliced == []
+
+
 def test_steps_after_every_row_has_ended_and_all_padding_rows_are_fine():
     """Targets with trailing all-padding columns, and a row that is all padding."""
     decoder = make_decoder(seed=14)
