@@ -3,6 +3,7 @@
     python -m benchmarks.decode_latency         # runs/captioner and runs/chatbot (`make demo`)
     python -m benchmarks.decode_latency --captioner-run runs/captioner --chatbot-run runs/chatbot
     python -m benchmarks.decode_latency --quick # tiny untrained exports: the smoke test
+    python -m benchmarks.decode_latency --apps chatbot --compare chatbot=OTHER/export/chatbot/1
 
 For each export, on ordinary inputs (the first distinct prompts of the run's corpus; the
 pictures of the run's test split, as PNG bytes), the newest version is loaded by TensorFlow
@@ -23,7 +24,10 @@ alone and its endpoint is called as a client calls it:
   steps after the first can read them from there, faster than this limit: it is a reference,
   not a floor;
 - the tutorial's eager greedy loop (`benchmarks/baseline.py`), with the run's weights, at
-  batch 1 on the same inputs.
+  batch 1 on the same inputs;
+- with `--compare APP=VERSION_DIR`, another export of the same app (the same model exported by
+  other code, say) timed in the same turns as a third endpoint, its outputs compared with
+  the compiled endpoint's: how a change to the export is measured at equal outputs.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import tensorflow as tf
 from benchmarks import common
 
 NAME = "decode_latency"
+COMPILED, COMPARED = "compiled (XLA)", "compared export (XLA)"
 SEARCHES = {"greedy": 1, "beam3": 3, "beam5": 5}
 BATCH = 32
 
@@ -101,10 +106,20 @@ class App:
         self.memory_rows = memory_rows  # the attention memory's length
         self.baseline_inputs = baseline_inputs  # the same inputs for the eager loop
         self.max_length = getattr(keras_model, "max_length", None) or keras_model.max_target_length
+        self.compared = None  # another export of this app (`--compare`), or None
 
     def endpoint(self, compiled: bool):
         name = {"captioner": "caption", "chatbot": "reply"}[self.name]
         return getattr(self.saved, name if compiled else name + "_portable")
+
+    def endpoints(self) -> dict:
+        """The endpoints timed in turns: the compiled one first (the others' outputs are
+        compared with its), the plain one, and the compared export's compiled one."""
+        endpoints = {COMPILED: self.endpoint(True), "plain graph": self.endpoint(False)}
+        if self.compared is not None:
+            name = {"captioner": "caption", "chatbot": "reply"}[self.name]
+            endpoints[COMPARED] = getattr(self.compared, name)
+        return endpoints
 
 
 def load_captioner(run_dir: Path, count: int) -> App:
@@ -167,8 +182,8 @@ def tokens_written(outputs) -> int:
 
 
 def time_endpoints(app: App, batches: list[list], beam: int, repeats: int) -> list[dict]:
-    """The compiled and the plain endpoint on `batches`, in turns; one row for each."""
-    endpoints = {"compiled (XLA)": app.endpoint(True), "plain graph": app.endpoint(False)}
+    """The endpoints of `app.endpoints()` on `batches`, in turns; one row for each."""
+    endpoints = app.endpoints()
     first_call, tokens, texts = {}, {}, {}
     for label, endpoint in endpoints.items():
         for batch in batches:  # the first call of every shape compiles (XLA) or warms up
@@ -199,7 +214,8 @@ def time_endpoints(app: App, batches: list[list], beam: int, repeats: int) -> li
                 "first_call_s": first_call[label],
             }
         )
-    rows[0]["same_outputs"] = texts["compiled (XLA)"] == texts["plain graph"]
+    for row in rows[1:]:
+        row["same_outputs"] = texts[row["endpoint"]] == texts[COMPILED]
     return rows
 
 
@@ -262,7 +278,7 @@ COLUMNS = common.columns(
     over_limit         | × limit | .1f
     tokens_per_s       | tokens / s | .0f
     first_call_s       | first call s | .2f
-    same_outputs       | same outputs as plain
+    same_outputs       | same outputs as compiled
     """
 )
 
@@ -297,7 +313,22 @@ def main(argv=None) -> None:
     parser.add_argument("--chatbot-run", default="runs/chatbot", help="a chatbot run dir")
     parser.add_argument("--repeats", type=int, default=15, help="rounds timed (median)")
     parser.add_argument("--inputs", type=int, default=8, help="inputs timed at batch 1")
+    parser.add_argument(
+        "--apps", default="captioner,chatbot", help="comma-separated: captioner, chatbot"
+    )
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="APP=VERSION_DIR",
+        help="another export of APP, timed in turns with the run's (repeatable)",
+    )
     args = parser.parse_args(argv)
+    apps = [name.strip() for name in args.apps.split(",") if name.strip()]
+    compared = dict(pair.split("=", 1) for pair in args.compare)
+    unknown = (set(apps) | set(compared)) - {"captioner", "chatbot"}
+    if unknown:
+        parser.error(f"unknown app(s): {sorted(unknown)}")
     repeats, singles = (2, 2) if args.quick else (args.repeats, args.inputs)
     runs = {"captioner": Path(args.captioner_run), "chatbot": Path(args.chatbot_run)}
     if args.quick:
@@ -305,7 +336,12 @@ def main(argv=None) -> None:
     bandwidth = bandwidth_gb_s(64 if args.quick else 512)
     rows, limits = [], {}
     for name, load in (("captioner", load_captioner), ("chatbot", load_chatbot)):
+        if name not in apps:
+            continue
         app = load(runs[name], max(BATCH, singles))
+        if name in compared:
+            app.compared = tf.saved_model.load(compared[name])
+            print(f"{name}: compared with {compared[name]}")
         read = step_bytes(app.keras_model, app.memory_rows)
         limits[name] = {"bytes_per_step": read, "limit_ms_per_token": read / bandwidth / 1e6}
         print(f"{name}: {app.version_dir}; a greedy step reads {read / 1e6:.2f} MB")
@@ -315,7 +351,8 @@ def main(argv=None) -> None:
         "rows": rows,
         "bandwidth_gb_s": bandwidth,
         "limits": limits,
-        "runs": {k: str(v) for k, v in runs.items()},
+        "runs": {k: str(v) for k, v in runs.items() if k in apps},
+        "compared": compared,
     }
     common.report(NAME, args, rows, COLUMNS, data)
 
