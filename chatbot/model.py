@@ -138,6 +138,9 @@ class Seq2Seq(keras.Model):
         retrieval: the config of a `chatbot.retrieve.RetrievedReply` over the training
             prompts, for retrieve-and-refine: the encoder then reads `prompt ␟ reply of the
             nearest training prompt` (`source_ids`); None reads the prompt alone.
+        keep_source: of a prompt longer than `max_source_length` tokens, the part read:
+            `"start"` or `"end"` (`shared.text.TextVectorizer`). A multi-turn prompt keeps its
+            end, the message to answer, and drops the oldest turns first.
     """
 
     def __init__(
@@ -150,6 +153,7 @@ class Seq2Seq(keras.Model):
         encoder: dict | None = None,
         decoder: dict | None = None,
         retrieval: dict | None = None,
+        keep_source: str = "start",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -170,8 +174,9 @@ class Seq2Seq(keras.Model):
         self.source_length = max_source_length + (0 if retrieval is None else 1 + max_target_length)
 
         # === Layers ===
+        self.keep_source = keep_source
         self.source_text = TextVectorizer(
-            self.source_tokens, mode, max_source_length, name="source_text"
+            self.source_tokens, mode, max_source_length, keep=keep_source, name="source_text"
         )
         self.target_text = TextVectorizer(
             self.target_tokens, mode, max_target_length, name="target_text"
@@ -375,4 +380,5 @@ class Seq2Seq(keras.Model):
             "encoder": self.encoder_settings,
             "decoder": self.decoder_settings,
             "retrieval": self.retrieval_settings,
+            "keep_source": self.keep_source,
         }

@@ -36,6 +36,7 @@ RESERVED_TOKENS = (PAD, UNK, START, END, TURN_SEPARATOR)
 PAD_ID, UNK_ID, START_ID, END_ID, TURN_ID = range(len(RESERVED_TOKENS))
 
 MODES = ("word", "char")
+KEEP = ("start", "end")  # which part of a too-long text `TextVectorizer` reads
 SPACE_MARK = "\u2581"  # "▁" stands for a space in character mode
 # Work per input is bounded: text beyond this many characters per allowed token is cut first.
 _CHARS_PER_TOKEN_LIMIT = 32
@@ -178,6 +179,8 @@ class TextVectorizer(keras.layers.Layer):
         tokens: the vocabulary, starting with `RESERVED_TOKENS` (see `Vocabulary`).
         mode: `"word"` or `"char"`.
         max_length: the longest id sequence produced; longer text is cut.
+        keep: which part of a longer text is kept: `"start"`, its first `max_length` tokens,
+            or `"end"`, its last ones (a multi-turn prompt, whose end is the message to answer).
 
     Call arguments:
         text: string tensor `(batch_size,)`.
@@ -187,13 +190,18 @@ class TextVectorizer(keras.layers.Layer):
         `encode_target` adds them for a decoder; `decode` inverts both.
     """
 
-    def __init__(self, tokens, mode: str = "word", max_length: int = 40, **kwargs):
+    def __init__(
+        self, tokens, mode: str = "word", max_length: int = 40, keep: str = "start", **kwargs
+    ):
         super().__init__(**kwargs)
         self.vocabulary = Vocabulary(tuple(tokens), mode)  # validates
         if max_length < 3:
             raise ValueError(f"Expected max_length >= 3. Received: max_length={max_length}")
+        if keep not in KEEP:
+            raise ValueError(f"Expected keep to be one of {KEEP}. Received: keep={keep!r}")
         self.mode = mode
         self.max_length = int(max_length)
+        self.keep = keep
         # Ids 0 and 1 are StringLookup's own mask and OOV entries; the rest follow in order.
         self.lookup = keras.layers.StringLookup(
             vocabulary=list(self.vocabulary.tokens[2:]),
@@ -215,10 +223,16 @@ class TextVectorizer(keras.layers.Layer):
         self.built = True
 
     def _words(self, text: tf.Tensor, length: int) -> tf.RaggedTensor:
-        """The first `length` standardized tokens of each string, ragged `(batch, None)`."""
+        """The first (`keep="start"`) or last (`"end"`) `length` standardized tokens of each
+        string, ragged `(batch, None)`."""
         text = repair_utf8(tf.convert_to_tensor(text, tf.string))  # before cutting by character
-        text = tf.strings.substr(text, 0, length * _CHARS_PER_TOKEN_LIMIT, unit="UTF8_CHAR")
-        return split_tokens(text, self.mode)[:, :length]
+        characters = length * _CHARS_PER_TOKEN_LIMIT
+        if self.keep == "start":
+            text = tf.strings.substr(text, 0, characters, unit="UTF8_CHAR")
+            return split_tokens(text, self.mode)[:, :length]
+        start = tf.maximum(tf.strings.length(text, unit="UTF8_CHAR") - characters, 0)
+        text = tf.strings.substr(text, start, tf.fill(tf.shape(start), characters), "UTF8_CHAR")
+        return split_tokens(text, self.mode)[:, -length:]
 
     def _ids(self, words: tf.RaggedTensor) -> tf.RaggedTensor:
         return tf.cast(tf.ragged.map_flat_values(self.lookup, words), tf.int32)
@@ -290,6 +304,7 @@ class TextVectorizer(keras.layers.Layer):
                 "tokens": list(self.vocabulary.tokens),
                 "mode": self.mode,
                 "max_length": self.max_length,
+                "keep": self.keep,
             }
         )
         return config

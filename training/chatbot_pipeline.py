@@ -69,6 +69,12 @@ def build_vocabularies(
     return source, target
 
 
+def keep_source(config: ChatbotConfig) -> str:
+    """Of a prompt too long for the encoder, the part read (`Seq2Seq`'s `keep_source`): a
+    multi-turn prompt keeps its end, the message to answer; a single message its start."""
+    return "end" if config.context_turns > 1 else "start"
+
+
 def build_model(
     config: ChatbotConfig,
     source: Vocabulary,
@@ -90,6 +96,7 @@ def build_model(
         encoder=config.encoder_settings(),
         decoder=config.decoder_settings(),
         retrieval=retrieval,
+        keep_source=keep_source(config),
         name="chatbot",
     )
     compile_for_training(model, config)
@@ -106,7 +113,9 @@ class RetrievalIndex:
     """
 
     def __init__(self, train_pairs: list[Pair], source: Vocabulary, config: ChatbotConfig):
-        self.vectorizer = TextVectorizer(source.tokens, config.mode, config.max_source_length)
+        self.vectorizer = TextVectorizer(
+            source.tokens, config.mode, config.max_source_length, keep=keep_source(config)
+        )
         self.rows: dict[tuple, int] = {}
         replies = []
         for pair, row in zip(train_pairs, self._id_rows([p.prompt for p in train_pairs])):

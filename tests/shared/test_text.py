@@ -245,6 +245,35 @@ def test_long_text_is_cut_to_max_length():
     assert PAD_ID not in ids[2]
 
 
+def test_keep_end_reads_the_last_tokens_of_a_long_text():
+    start = word_vectorizer(max_length=3)
+    end = TextVectorizer(start.vocabulary.tokens, max_length=3, keep="end")
+    hello, world = token_id(end, "hello"), token_id(end, "world")
+    fine, again = token_id(end, "fine"), token_id(end, "again")
+    texts = tf.constant(["hello world fine again", "hello again", ""])
+    np.testing.assert_array_equal(
+        end(texts).numpy(), [[world, fine, again], [hello, again, PAD_ID], [PAD_ID] * 3]
+    )
+    np.testing.assert_array_equal(start(texts).numpy()[0], [hello, world, fine])
+    words, ids = end.read(texts)
+    assert words.to_list()[0] == [b"world", b"fine", b"again"]
+    assert ids.to_list()[0] == [world, fine, again]
+
+
+def test_keep_end_cuts_a_huge_text_by_character_from_its_end():
+    """The character cut that bounds the work per input also keeps the text's end."""
+    end = TextVectorizer(word_vectorizer().vocabulary.tokens, max_length=4, keep="end")
+    hello, again = token_id(end, "hello"), token_id(end, "again")
+    ids = end(tf.constant(["x" * 100_000 + " hello again", "héllo " * 30_000 + "again"]))
+    np.testing.assert_array_equal(ids.numpy()[0], [UNK_ID, hello, again, PAD_ID])
+    np.testing.assert_array_equal(ids.numpy()[1], [UNK_ID] * 3 + [again])
+
+
+def test_keep_must_be_start_or_end():
+    with pytest.raises(ValueError, match="keep"):
+        TextVectorizer(word_vectorizer().vocabulary.tokens, keep="middle")
+
+
 def test_text_is_repaired_before_it_is_cut_by_character(monkeypatch):
     """`substr(unit="UTF8_CHAR")` is undefined on invalid UTF-8: every string it cuts is valid."""
     cut_inputs = []
@@ -366,7 +395,8 @@ def test_vectorizer_works_in_tf_function_with_input_signature():
 
 
 def test_vectorizer_config_round_trip():
-    for vectorizer in (word_vectorizer(max_length=5), chinese_vectorizer(max_length=9)):
+    ending = TextVectorizer(word_vectorizer().vocabulary.tokens, max_length=3, keep="end")
+    for vectorizer in (word_vectorizer(max_length=5), chinese_vectorizer(max_length=9), ending):
         config = vectorizer.get_config()
         clone = TextVectorizer.from_config(config)
         assert clone.get_config() == config
