@@ -60,7 +60,9 @@ class ChatbotConfig(RunSettings):
         section="Data",
     )
     # === Encoder ===
-    encoder_units: int = setting(256, "encoder units per direction", section="Encoder")
+    # 128 a direction: the memory (256 wide) feeds every step's output projection, which is
+    # most of a served step's time; the corpus is learnt as soon (benchmarks/README.md).
+    encoder_units: int = setting(128, "encoder units per direction", section="Encoder")
     encoder_cell: str = setting(
         "lstm", "encoder cell", choices=tuple(ENCODER_CELLS), section="Encoder"
     )
