@@ -87,8 +87,8 @@ class RunSettings:
     precision: str = setting(
         "float32",
         "float32 | mixed_bfloat16 (bfloat16 products, float32 weights and logits): for GPUs, "
-        "TPUs and CPUs with bf16 instructions (AMX, AVX-512 BF16); slower on other CPUs, "
-        "see benchmarks/README.md",
+        "TPUs and CPUs whose TensorFlow kernels use bf16 instructions (AMX, AVX-512 BF16); "
+        "slower where they convert every product, see benchmarks/README.md",
         PRECISIONS,
         section="Training",
     )
