@@ -43,7 +43,7 @@ from shared.export import latest_version
 from shared.metrics import MaskedAccuracy, MaskedCrossEntropy
 from shared.progress import STOPPED_EXIT_CODE
 from shared.text import Vocabulary
-from training import distribute
+from training import distribute, weight_average
 from training.history import HISTORY_FILE, HistoryLog, read_history
 
 # Written when fit has ended: a run killed after it (during evaluation or export) skips fit.
@@ -242,7 +242,8 @@ def fit(
             print(f"training finished earlier; loading {finished} and going on")
             _load_weights_only(model, finished)
         return
-    callbacks = training_callbacks(run_dir, patience, monitor, watchers, keep)
+    averaged = weight_average.optimizer_averages(model.optimizer)
+    callbacks = training_callbacks(run_dir, patience, monitor, watchers, keep, averaged)
     if distribute.needs_custom_loop(strategy):
         distribute.fit_custom_loop(model, strategy, train_batches, val_batches, epochs, callbacks)
     else:
@@ -274,6 +275,7 @@ def training_callbacks(
     monitor: str = "val_loss",
     watchers: list[keras.callbacks.Callback] = (),
     keep: str | None = None,
+    averaged: bool = False,
 ) -> list[keras.callbacks.Callback]:
     """`watchers`, best-model checkpoint, early stopping, logs and resumption, in the order
     Keras runs them: a watcher may add to the epoch's logs (quality, learning rate) before the
@@ -292,12 +294,17 @@ def training_callbacks(
         )
     else:
         stopping = StopWhenStalled({monitor: best_so_far, keep: best_kept}, patience)
+    # With Polyak averaging (`training.weight_average`), everything between these two judges
+    # and keeps the averaged weights; the backup keeps the raw ones.
+    use_average, use_raw_weights = weight_average.callbacks() if averaged else ([], [])
     return [
+        *use_average,
         *watchers,
         BestModelCheckpoint(run_dir / "model.keras", keep, best_kept),
         stopping,
         keras.callbacks.TensorBoard(str(run_dir / "logs")),
         HistoryLog(run_dir / HISTORY_FILE),
+        *use_raw_weights,
         # Last: an epoch counts as done (and is skipped on resumption) only once everything
         # above has recorded it. Its restore in `on_train_begin` still comes first, as every
         # callback's `on_train_begin` runs before the first epoch begins.
@@ -362,7 +369,8 @@ class BestModelCheckpoint(keras.callbacks.Callback):
 
 
 def compile_for_training(model: keras.Model, config) -> None:
-    """How both applications train: Adam with gradients clipped to norm 5, the masked
+    """How both applications train: Adam with gradients clipped to norm 5 (and a moving average
+    of the weights with `--weight-average`, `training.weight_average`), the masked
     cross-entropy and accuracy (padding counts for nothing), and XLA if `config.jit_compile`.
 
     Keras compiles a model with XLA only if every layer supports it, and our models hold
@@ -370,8 +378,11 @@ def compile_for_training(model: keras.Model, config) -> None:
     step); Keras then warns and trains without XLA. The run stops instead of doing silently
     less than asked.
     """
+    averaging = {}
+    if config.weight_average:
+        averaging = {"use_ema": True, "ema_momentum": config.weight_average}
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0),
+        optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0, **averaging),
         loss=MaskedCrossEntropy(),
         metrics=[MaskedAccuracy()],
         jit_compile=config.jit_compile,

@@ -357,8 +357,10 @@ def fit_custom_loop(
         logs = _metric_values(model)
         if test_step is not None:
             model.reset_metrics()
+            callbacks.on_test_begin()  # with --weight-average: validate the averaged weights
             for batch in val_data:
                 test_step(batch)
+            callbacks.on_test_end()
             logs.update({f"val_{name}": value for name, value in _metric_values(model).items()})
         callbacks.on_epoch_end(epoch, logs)
         if chief_decides(strategy, model.stop_training):

@@ -19,6 +19,10 @@ from training.distribute import STRATEGIES
 from training.schedule import SCHEDULES
 
 PRECISIONS = ("float32", "mixed_bfloat16")
+WEIGHT_AVERAGE_HELP = (
+    "Polyak averaging: validation, the kept model and the export use a moving average of the "
+    "weights with this momentum (0.99: about the last 100 steps); 0: off"
+)
 
 
 @dataclass
@@ -62,6 +66,7 @@ class RunSettings:
         "epochs over which the rate rises linearly from a tenth of the peak to it",
         section="Training",
     )
+    weight_average: float = setting(0.0, WEIGHT_AVERAGE_HELP, section="Training")
     patience: int = setting(3, "epochs without improvement before stopping", section="Training")
     seed: int = setting(0, "seeds Python, NumPy and TensorFlow", section="Training")
     strategy: str = setting(
@@ -109,6 +114,11 @@ class RunSettings:
     samples: int = setting(6, "attention pictures written to samples/", section="Evaluation")
 
     def __post_init__(self):
+        if not 0.0 <= self.weight_average < 1.0:
+            raise ValueError(
+                "Expected --weight-average from 0 (off) up to, not including, 1. Received: "
+                f"weight_average={self.weight_average}"
+            )
         # Resolved here, so config.json names the placement the run really used.
         if self.placement is None:
             self.placement = default_placement(self.attention)
