@@ -116,7 +116,7 @@ def captioner_baseline(ours):
         cnn = keras.models.clone_model(ours.cnn)
         cnn.trainable = ours.fine_tune
     else:
-        cnn = small_cnn(ours.image_size)
+        cnn = small_cnn(ours.image_size, ours.cnn_filters)
     scaling = PixelScaling(pixel_scaling_for(ours.encoder_name))
     regions = RegionGrid(ours.feature_dim)
     trains_cnn = ours.fine_tune or ours.encoder_name == "small_cnn"

@@ -98,7 +98,9 @@ def step_macs(model, inputs, recompute_keys=False) -> dict:
     batch, target_len = (int(x) for x in inputs["decoder_inputs"].shape)
     if hasattr(model, "cnn"):
         memory_len, memory_dim = model.grid_shape[0] * model.grid_shape[1], model.feature_dim
-        encoder = small_cnn_macs(batch, model.image_size, feature_dim=model.feature_dim)
+        encoder = small_cnn_macs(
+            batch, model.image_size, model.cnn_filters, feature_dim=model.feature_dim
+        )
     else:
         e = model.encoder
         memory_len, memory_dim = int(inputs["source"].shape[1]), e.output_dim

@@ -110,8 +110,15 @@ class RegionGrid(keras.layers.Layer):
 BATCH_NORM_MOMENTUM = 0.9
 
 
-def small_cnn(image_size: int, filters=(32, 64, 128, 128)) -> keras.Model:
-    """Conv-BN-ReLU blocks, each halving the size but the last: 64 px -> an 8x8 grid."""
+# The widths of the small CNN's blocks that models saved before `cnn_filters` existed have.
+FIRST_SMALL_CNN_FILTERS = (32, 64, 128, 128)
+
+
+def small_cnn(image_size: int, filters=FIRST_SMALL_CNN_FILTERS) -> keras.Model:
+    """Conv-BN-ReLU blocks, each halving the size but the last: 64 px and four blocks -> an
+    8x8 grid. `filters`: each block's width."""
+    if not filters or any(int(width) < 1 for width in filters):
+        raise ValueError(f"Expected one or more positive widths. Received: filters={filters}")
     images = keras.Input((image_size, image_size, 3), name="pixels")
     x = images
     for i, width in enumerate(filters):

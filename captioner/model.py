@@ -16,7 +16,14 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from captioner.encoder import PixelScaling, RegionGrid, backbone, pixel_scaling_for, small_cnn
+from captioner.encoder import (
+    FIRST_SMALL_CNN_FILTERS,
+    PixelScaling,
+    RegionGrid,
+    backbone,
+    pixel_scaling_for,
+    small_cnn,
+)
 from shared.compiled import compiled_search
 from shared.decoder import AttentionDecoder
 from shared.export import MAX_SERVING_BATCH, bounded_batch
@@ -35,6 +42,8 @@ class Captioner(keras.Model):
         encoder: `"small_cnn"` or a name in `captioner.encoder.BACKBONES`.
         weights: backbone weights: `"none"`, `"imagenet"` or a file path.
         fine_tune: train the backbone too (a `small_cnn` always trains).
+        cnn_filters: the widths of `small_cnn`'s blocks (models saved before this argument
+            existed load with the widths they were built with, `FIRST_SMALL_CNN_FILTERS`).
         feature_dim: size of each region feature.
         attention_regularization: λ of the doubly stochastic attention penalty.
         decoder: keyword arguments of `AttentionDecoder` (besides `vocabulary_size`).
@@ -48,6 +57,7 @@ class Captioner(keras.Model):
         encoder: str = "small_cnn",
         weights: str = "none",
         fine_tune: bool = False,
+        cnn_filters=FIRST_SMALL_CNN_FILTERS,
         feature_dim: int = 128,
         attention_regularization: float = 0.0,
         decoder: dict | None = None,
@@ -60,6 +70,7 @@ class Captioner(keras.Model):
         self.encoder_name = encoder
         self.weights_source = weights
         self.fine_tune = fine_tune
+        self.cnn_filters = tuple(int(width) for width in cnn_filters)
         self.feature_dim = feature_dim
         self.attention_regularization = attention_regularization
         self.decoder_settings = dict(decoder or {})
@@ -68,7 +79,7 @@ class Captioner(keras.Model):
         self.text = TextVectorizer(self.tokens, mode="word", max_length=max_length, name="text")
         self.pixel_scaling = PixelScaling(pixel_scaling_for(encoder), name="pixel_scaling")
         if encoder == "small_cnn":
-            self.cnn = small_cnn(image_size)
+            self.cnn = small_cnn(image_size, self.cnn_filters)
         else:
             self.cnn = backbone(encoder, image_size, weights)
             self.cnn.trainable = fine_tune
@@ -206,6 +217,7 @@ class Captioner(keras.Model):
             "encoder": self.encoder_name,
             "weights": self.weights_source,
             "fine_tune": self.fine_tune,
+            "cnn_filters": list(self.cnn_filters),
             "feature_dim": self.feature_dim,
             "attention_regularization": self.attention_regularization,
             "decoder": self.decoder_settings,

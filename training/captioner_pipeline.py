@@ -290,6 +290,20 @@ def training_batches(
     )
 
 
+def cnn_filters(config: CaptionerConfig) -> tuple[int, ...]:
+    """--cnn-filters "16,32,64,128" -> (16, 32, 64, 128)."""
+    try:
+        filters = tuple(int(width) for width in config.cnn_filters.split(","))
+    except ValueError:
+        filters = ()
+    if not filters or min(filters) < 1:
+        raise UserError(
+            f"--cnn-filters {config.cnn_filters!r}: give the blocks' widths as positive whole "
+            "numbers separated by commas, for example 16,32,64,128."
+        )
+    return filters
+
+
 def build_model(config: CaptionerConfig, vocabulary: Vocabulary) -> Captioner:
     model = Captioner(
         vocabulary.tokens,
@@ -298,6 +312,7 @@ def build_model(config: CaptionerConfig, vocabulary: Vocabulary) -> Captioner:
         encoder=config.encoder,
         weights=config.weights,
         fine_tune=config.fine_tune,
+        cnn_filters=cnn_filters(config),
         feature_dim=config.feature_dim,
         attention_regularization=config.attention_regularization,
         decoder=config.decoder_settings(),

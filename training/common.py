@@ -120,9 +120,13 @@ def prepare_run_dir(run_dir: str | os.PathLike, config, export_name: str, overwr
         return run_dir
     finished = latest_version(run_dir / "export" / export_name) is not None
     saved = json.loads(config_path.read_text(encoding="utf-8"))
-    # A setting added since the run was saved counts with its default, so old runs resume.
-    defaults = {field.name: field.default for field in dataclasses.fields(config)}
-    same_config = _comparable({**defaults, **saved}) == _comparable(dataclasses.asdict(config))
+    if not overwrite and not finished:
+        keep_values_of_older_runs(saved, config, run_dir)
+    # A setting added since the run was saved counts with the value the run trained with (today's
+    # default, or the one in VALUES_OF_OLDER_RUNS), so old runs resume.
+    earlier = {field.name: field.default for field in dataclasses.fields(config)}
+    earlier.update({k: v for k, v in VALUES_OF_OLDER_RUNS.items() if k in earlier})
+    same_config = _comparable({**earlier, **saved}) == _comparable(dataclasses.asdict(config))
     if overwrite:
         for stale in STALE_ON_OVERWRITE:
             path = run_dir / stale
@@ -141,6 +145,22 @@ def prepare_run_dir(run_dir: str | os.PathLike, config, export_name: str, overwr
             "pass --overwrite to start over there."
         )
     return run_dir
+
+
+# Settings added since runs were saved without them, and the value those runs trained with when
+# it is not today's default. A resumed run keeps that value: its weights and optimizer state
+# were made with it (an optimizer without the weights' average cannot resume one with it).
+VALUES_OF_OLDER_RUNS = {"weight_average": 0.0, "cnn_filters": "32,64,128,128"}
+
+
+def keep_values_of_older_runs(saved: dict, config, run_dir: Path) -> None:
+    """Sets in `config` the value an interrupted run saved before a setting existed trained with."""
+    for name, value in VALUES_OF_OLDER_RUNS.items():
+        if name in saved or not hasattr(config, name) or getattr(config, name) == value:
+            continue
+        flag = "--" + name.replace("_", "-")
+        print(f"{run_dir} was started before {flag} existed: it resumes with {flag} {value}")
+        setattr(config, name, value)
 
 
 # What `--overwrite` removes: everything of the old run except its exports (which gain a new

@@ -7,6 +7,7 @@ import tensorflow as tf
 from captioner.data import load_shapes
 from captioner.encoder import BACKBONES, MissingWeightsError, PixelScaling, backbone
 from captioner.model import Captioner
+from shared.text import RESERVED_TOKENS
 from training.feature_cache import cached_features
 
 TOKENS = ["", "[UNK]", "[START]", "[END]", "␞", "a", "red", "circle"]
@@ -136,3 +137,30 @@ def test_training_reads_features_instead_of_images(frozen_model, scenes, tmp_pat
         frozen_model({"features": cached, "decoder_inputs": decoder_inputs}),
         atol=1e-4,
     )
+
+
+def small_cnn_widths(model: Captioner) -> list[int]:
+    return [layer.filters for layer in model.cnn.layers if hasattr(layer, "filters")]
+
+
+def test_small_cnn_widths_are_saved_and_older_models_keep_theirs(tmp_path):
+    tokens = [*RESERVED_TOKENS, "a", "circle"]
+    model = Captioner(tokens, image_size=32, cnn_filters=(8, 16, 24))
+    assert small_cnn_widths(model) == [8, 16, 24]
+    assert model.grid_shape == (8, 8)  # three blocks: 32 px halved twice
+    revived = Captioner.from_config(model.get_config())
+    assert small_cnn_widths(revived) == [8, 16, 24]
+    # A model saved before the setting existed has no "cnn_filters" in its config.
+    older = {k: v for k, v in model.get_config().items() if k != "cnn_filters"}
+    assert small_cnn_widths(Captioner.from_config(older)) == [32, 64, 128, 128]
+
+
+@pytest.mark.parametrize("widths", ["", "16,,32", "16,0", "sixteen"])
+def test_unreadable_cnn_filters_are_refused_with_an_example(widths):
+    from training.captioner_config import CaptionerConfig
+    from training.captioner_pipeline import cnn_filters
+    from training.common import UserError
+
+    assert cnn_filters(CaptionerConfig()) == (16, 32, 64, 128)
+    with pytest.raises(UserError, match="for example 16,32,64,128"):
+        cnn_filters(CaptionerConfig(cnn_filters=widths))

@@ -1,6 +1,7 @@
 """Polyak averaging (`--weight-average`, `training.weight_average`): validation, the quality
 check and the kept model see the averaged weights, the training steps and the resumption backup
-the raw ones, and a run stopped between epochs resumes to the same weights as one never stopped.
+the raw ones, and a run stopped between epochs resumes to the same weights as one never stopped;
+a run saved before the setting existed resumes with what it trained with.
 
 The callbacks are the real ones (`training.common.training_callbacks`), around a one-layer
 model on fixed data, with the optimizer `compile_for_training` makes.
@@ -9,6 +10,8 @@ model on fixed data, with the optimizer `compile_for_training` makes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 from types import SimpleNamespace
 
 import keras
@@ -17,7 +20,8 @@ import pytest
 import tensorflow as tf
 
 from tests.training.test_resume_records import StopBefore
-from training.common import compile_for_training, training_callbacks
+from training.captioner_config import CaptionerConfig
+from training.common import compile_for_training, prepare_run_dir, training_callbacks
 from training.settings import RunSettings
 
 EPOCHS = 3
@@ -122,3 +126,26 @@ def test_a_run_stopped_between_epochs_resumes_to_the_same_weights(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     for a, b in zip(averages(whole), averages(resumed)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_with_what_it_trained_with(tmp_path, capsys):
+    """`--weight-average` and `--cnn-filters` came later: an interrupted run saved without
+    them resumes without the average and with the first small CNN's widths."""
+    config = CaptionerConfig(run_dir=str(tmp_path))
+    new_settings = ("weight_average", "cnn_filters")
+    older = {k: v for k, v in dataclasses.asdict(config).items() if k not in new_settings}
+    (tmp_path / "config.json").write_text(json.dumps(older))
+
+    prepare_run_dir(tmp_path, config, "captioner", overwrite=False)
+    assert (config.weight_average, config.cnn_filters) == (0.0, "32,64,128,128")
+    printed = capsys.readouterr().out
+    assert "resumes with --weight-average 0.0" in printed
+    assert "resumes with --cnn-filters 32,64,128,128" in printed
+
+    # A run saved with the settings keeps today's defaults, and so does one started over.
+    for overwrite in (False, True):
+        today = CaptionerConfig(run_dir=str(tmp_path))
+        saved = older if overwrite else dataclasses.asdict(today)
+        (tmp_path / "config.json").write_text(json.dumps(saved))
+        prepare_run_dir(tmp_path, today, "captioner", overwrite=overwrite)
+        assert (today.weight_average, today.cnn_filters) == (0.99, "16,32,64,128")
