@@ -231,3 +231,29 @@ def test_columns_declared_as_key_header_format_lines():
     for malformed in ("label", "a | b | .0f | extra", " | header"):
         with pytest.raises(ValueError, match=re.escape(repr(malformed.strip()))):
             common.columns(malformed)
+
+
+def test_captioner_step_reads_variants_whose_values_hold_commas():
+    from benchmarks.captioner_step import parse_variant
+
+    assert parse_variant("first CNN:cnn_filters=32,64,128,128,weight_average=0") == (
+        "first CNN",
+        {"cnn_filters": "32,64,128,128", "weight_average": "0"},
+    )
+    assert parse_variant("today's defaults:") == ("today's defaults", {})
+    for bad in ("no label", ":units=8", "x:64,units=8"):
+        with pytest.raises(SystemExit):
+            parse_variant(bad)
+
+
+@pytest.mark.slow
+def test_captioner_step_times_each_variant_in_turns(tmp_path):
+    rows = run_quick("captioner_step", tmp_path)["rows"]
+    assert [row["label"] for row in rows] == [
+        "today's defaults",
+        "narrower small CNN",
+        "no weight average",
+    ]
+    assert rows[0]["paired_ratio"] == 1.0
+    assert rows[1]["settings"] == {"cnn_filters": "16,32,64,128"}
+    assert all(row["p50_ms"] > 0 and row["rounds"] == 2 for row in rows)

@@ -291,7 +291,7 @@ def training_batches(
 
 
 def cnn_filters(config: CaptionerConfig) -> tuple[int, ...]:
-    """--cnn-filters "16,32,64,128" -> (16, 32, 64, 128)."""
+    """--cnn-filters "32,64,128,128" -> (32, 64, 128, 128)."""
     try:
         filters = tuple(int(width) for width in config.cnn_filters.split(","))
     except ValueError:

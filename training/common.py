@@ -150,7 +150,7 @@ def prepare_run_dir(run_dir: str | os.PathLike, config, export_name: str, overwr
 # Settings added since runs were saved without them, and the value those runs trained with when
 # it is not today's default. A resumed run keeps that value: its weights and optimizer state
 # were made with it (an optimizer without the weights' average cannot resume one with it).
-VALUES_OF_OLDER_RUNS = {"weight_average": 0.0, "cnn_filters": "32,64,128,128"}
+VALUES_OF_OLDER_RUNS = {"weight_average": 0.0}
 
 
 def keep_values_of_older_runs(saved: dict, config, run_dir: Path) -> None:

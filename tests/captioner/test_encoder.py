@@ -161,6 +161,7 @@ def test_unreadable_cnn_filters_are_refused_with_an_example(widths):
     from training.captioner_pipeline import cnn_filters
     from training.common import UserError
 
-    assert cnn_filters(CaptionerConfig()) == (16, 32, 64, 128)
+    assert cnn_filters(CaptionerConfig()) == (32, 64, 128, 128)
+    assert cnn_filters(CaptionerConfig(cnn_filters="16, 32,64,128")) == (16, 32, 64, 128)
     with pytest.raises(UserError, match="for example 16,32,64,128"):
         cnn_filters(CaptionerConfig(cnn_filters=widths))
