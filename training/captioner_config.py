@@ -101,7 +101,7 @@ class CaptionerConfig(RunSettings):
         64, "images per step (each with one of its captions at random)", section="Training"
     )
     # The averaged weights reach the built-in data's targets in fewer epochs: the raw weights'
-    # object recall jumps by 2-3 points from one epoch to the next (benchmarks/README.md).
+    # object recall jumps up and down from one epoch to the next (benchmarks/README.md).
     weight_average: float = setting(0.99, WEIGHT_AVERAGE_HELP, section="Training")
     patience: int = setting(
         3, "epochs without validation improvement before stopping", section="Training"

@@ -2,11 +2,11 @@
 
 With a constant learning rate the weights keep jumping around the minimum they have found, and
 the model of one epoch answers differently from the next: the built-in captioner's object
-recall went up and down by 2-3 points from epoch to epoch. The optimizer can also keep an
-exponential moving average of the weights (Keras' `use_ema`), which sits nearer the middle of
-that jumping, and a model built from it is better than the weights of any one step (Polyak &
-Juditsky 1992). Training still steps with the raw weights; the average is what everything after
-a step sees.
+recall went up and down from epoch to epoch by more than its last steps to the target. The
+optimizer can also keep an exponential moving average of the weights (Keras' `use_ema`), which
+sits nearer the middle of that jumping; a model built from it is often better than the last
+step's weights (Polyak & Juditsky 1992). Training still steps with the raw weights; the average
+is what everything after a step sees.
 
 Who sees which weights, in each epoch:
 - the training steps, and the resumption backup: the raw weights (a resumed run goes on
