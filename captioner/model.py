@@ -141,7 +141,14 @@ class Captioner(keras.Model):
         regions = self.encode(images, training=False)
         memory_context = self.decoder.prepare_memory(regions)
         state = self.decoder.initial_state(memory_context)
-        return search(self.decoder.step, state, memory_context, self.max_length, **search_settings)
+        return search(
+            self.decoder.step,
+            state,
+            memory_context,
+            self.max_length,
+            complete_nbest=False,  # only the best caption is used
+            **search_settings,
+        )
 
     def caption_images(self, images, jit_compile=False, **search_settings):
         """uint8 images -> dict of `caption` strings, `score`, `attention` `(batch, T, regions)`,

@@ -245,10 +245,16 @@ class Seq2Seq(keras.Model):
         memory, mask = self.encoder(source_ids, training=False)
         memory_context = self.decoder.prepare_memory(memory, mask)
         state = self.decoder.initial_state(memory_context)
+        rerank = not (isinstance(mmi_lambda, (int, float)) and mmi_lambda == 0)
         result = search(
-            self.decoder.step, state, memory_context, self.max_target_length, **search_settings
+            self.decoder.step,
+            state,
+            memory_context,
+            self.max_target_length,
+            complete_nbest=rerank,  # re-ranking reads every hypothesis; otherwise the best
+            **search_settings,
         )
-        if isinstance(mmi_lambda, (int, float)) and mmi_lambda == 0:
+        if not rerank:
             return result  # nothing to re-rank: no language-model pass in the graph
         lm_context = masked_memory(memory_context)
         return mmi_rerank(

@@ -46,7 +46,9 @@ class SearchResult(NamedTuple):
     nbest_tokens, nbest_scores: `(batch, n, max_length)` and `(batch, n)`, every hypothesis in
         score order (n = beam size; 1 for greedy and sampling). No endpoint exports them: they
         are kept because they are the only exact check of beam search (every hypothesis, not
-        just the best, against a reference and exhaustive search: test_beam_reference.py).
+        just the best, against a reference and exhaustive search: test_beam_reference.py), and
+        for re-ranking (`shared.rerank`). A beam search with `complete_nbest=False` stops once
+        the best is final, so the other hypotheses may be unfinished.
     """
 
     tokens: tf.Tensor
@@ -282,6 +284,24 @@ def length_penalty(lengths, alpha):
     return tf.pow((5.0 + tf.cast(lengths, tf.float32)) / 6.0, alpha)
 
 
+def best_is_final(scores, finished, lengths, alpha, max_length):
+    """Whether no unfinished hypothesis can still overtake any input's best finished one.
+
+    `scores`, `finished`, `lengths`: the beam's `(batch, beam)`. The final ranking is
+    `score / length_penalty(length, alpha)`. Growing only lowers a score (it adds
+    log-probabilities, all <= 0), and for `alpha >= 0` the penalty grows with the length, up
+    to `length_penalty(max_length)`; so `score / length_penalty(max_length)` bounds what an
+    unfinished hypothesis, and anything grown from it, can reach. Once every input's best
+    finished hypothesis ranks strictly above every such bound, the rest of the search cannot
+    change the best hypothesis (GNMT's early stopping, exact for the best one). A scalar bool.
+    """
+    ranked = scores / length_penalty(lengths, alpha)
+    best_finished = tf.reduce_max(tf.where(finished, ranked, float("-inf")), axis=1)
+    reachable = scores / length_penalty(max_length, alpha)
+    best_unfinished = tf.reduce_max(tf.where(finished, float("-inf"), reachable), axis=1)
+    return (alpha >= 0.0) & tf.reduce_all(best_finished > best_unfinished)
+
+
 def beam_search(
     step_fn,
     state,
@@ -290,6 +310,7 @@ def beam_search(
     beam_size=4,
     alpha=0.0,
     block_ngram=0,
+    complete_nbest=True,
 ) -> SearchResult:
     """Keeps the `beam_size` best partial sequences at every step.
 
@@ -298,6 +319,12 @@ def beam_search(
     `log-probability / length_penalty(length, alpha)`. With `beam_size=1` this is exactly
     greedy search, with `block_ngram` too (each hypothesis blocks the n-grams of its own
     output). `beam_size` may be a tensor (a serving input).
+
+    `complete_nbest`: run until every hypothesis has ended, so that the whole n-best list is
+    complete (what re-ranking needs). False stops as soon as the best hypothesis is final
+    (`best_is_final`): the same best hypothesis, with its score, length and attention, in
+    fewer steps, where the loop would otherwise go on for a worse hypothesis that has not
+    ended yet. Serving uses it: only the best is returned.
     """
     blocker = _blocker(block_ngram)
     beam_size = tf.cast(beam_size, tf.int32)
@@ -352,15 +379,16 @@ def beam_search(
         tokens = tf.reshape(chosen, [-1])
         return t + 1, tokens, state, scores, finished, lengths, token_buffer, weight_buffer
 
+    def keep_going(t, _tokens, _state, scores, finished, lengths, *_):
+        going = (t < max_length) & ~tf.reduce_all(finished)
+        if complete_nbest:
+            return going
+        return going & ~best_is_final(scores, finished, lengths, alpha, max_length)
+
     t = tf.constant(0)
     loop_vars = (t, tokens, state, scores, finished, lengths, token_buffer, weight_buffer)
     _, _, _, scores, finished, lengths, token_buffer, weight_buffer = tf.while_loop(
-        lambda t, _tokens, _state, _scores, finished, *_: (
-            (t < max_length) & ~tf.reduce_all(finished)
-        ),
-        body,
-        loop_vars,
-        maximum_iterations=max_length,
+        keep_going, body, loop_vars, maximum_iterations=max_length
     )
 
     normalized = scores / length_penalty(lengths, alpha)
@@ -393,6 +421,7 @@ def search(
     top_p=1.0,
     seed=0,
     block_ngram=0,
+    complete_nbest=True,
 ) -> SearchResult:
     """One entry point for serving: sampling when `temperature > 0`, else beam search.
 
@@ -402,7 +431,8 @@ def search(
     tokens and, length-normalized like a beam's, the same score. Every knob may be a tensor,
     so one exported endpoint offers all three searches; the choice is a `tf.cond` in the
     graph (decided when XLA compiles the search, where `beam_size` is a compile-time value).
-    `block_ngram` (0: off) blocks repeated n-grams in all three.
+    `block_ngram` (0: off) blocks repeated n-grams in all three. `complete_nbest`: see
+    `beam_search` (False when only the best sequence is used).
     """
     temperature = tf.cast(temperature, tf.float32)
     # A served model takes beam_size from its callers: bound the memory one request can claim.
@@ -415,7 +445,14 @@ def search(
 
     def by_beam():
         return beam_search(
-            step_fn, state, memory_context, max_length, beam_size, alpha, block_ngram
+            step_fn,
+            state,
+            memory_context,
+            max_length,
+            beam_size,
+            alpha,
+            block_ngram,
+            complete_nbest,
         )
 
     def by_greedy():

@@ -206,6 +206,81 @@ def test_a_beam_as_wide_as_all_sequences_finds_them_all_in_order():
     assert found == {tuple(s) for s in sequences}
 
 
+# === Beam search that stops once its best hypothesis is final ===
+
+
+def counting_steps(step_fn):
+    """`step_fn` and a list whose length is the number of steps it ran (eager loops only)."""
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return step_fn(*args)
+
+    return counted, calls
+
+
+@pytest.mark.parametrize(
+    ("alpha", "beam_size", "block_ngram"), [(0.0, 4, 0), (0.7, 3, 0), (1.5, 5, 2)]
+)
+def test_stopping_at_the_final_best_gives_the_best_of_the_whole_search(
+    alpha, beam_size, block_ngram
+):
+    """Each input on its own (the loop stops when every input's best is final), over decoders
+    whose sequences end at all kinds of lengths: the same best, never more steps, and fewer
+    for some inputs."""
+    saved_steps = []
+    for seed, end_bias in [(2, 3.0), (4, 2.5), (7, 3.0)]:
+        decoder, memory, mask = make_decoder(end_bias=end_bias, seed=seed)
+        for row in range(BATCH):
+            outcomes = {}
+            for complete in (True, False):
+                memory_context = decoder.prepare_memory(memory[row : row + 1], mask[row : row + 1])
+                step_fn, calls = counting_steps(decoder.step)
+                result = beam_search(
+                    step_fn,
+                    decoder.initial_state(memory_context),
+                    memory_context,
+                    12,
+                    beam_size=beam_size,
+                    alpha=alpha,
+                    block_ngram=block_ngram,
+                    complete_nbest=complete,
+                )
+                outcomes[complete] = (as_numpy(result), len(calls))
+            (whole, whole_steps), (early, early_steps) = outcomes[True], outcomes[False]
+            for key in ("tokens", "lengths", "scores", "weights"):
+                np.testing.assert_array_equal(early[key], whole[key], err_msg=key)
+            assert whole["lengths"][0] <= early_steps <= whole_steps
+            saved_steps.append(whole_steps - early_steps)
+    assert max(saved_steps) > 0, saved_steps
+
+
+def test_stopping_at_the_final_best_stops_as_soon_as_no_hypothesis_can_overtake_it():
+    """The end token has probability 0.9 at every step: [end] (log 0.9) is final after one
+    step, since every other hypothesis already scores log 0.025 or less. The whole search
+    runs on while the worse hypotheses grow."""
+    probabilities = np.zeros(8)  # the reserved ids, then three words
+    probabilities[END_ID] = 0.9
+    probabilities[5:] = [0.025, 0.025, 0.05]
+    logits = np.log(np.maximum(probabilities, 1e-30)).astype("float32")
+
+    def step_fn(tokens, state, memory_context):
+        batch = tf.shape(tokens)[0]
+        return tf.tile(logits[None], [batch, 1]), state, tf.ones([batch, 1])
+
+    memory_context = {"mask": tf.ones([2, 1], tf.bool)}
+    state = tf.zeros([2, 1])
+    steps = {}
+    for complete in (True, False):
+        counted, calls = counting_steps(step_fn)
+        result = beam_search(counted, state, memory_context, 10, 3, complete_nbest=complete)
+        np.testing.assert_array_equal(result.tokens[:, 0], END_ID)
+        np.testing.assert_allclose(result.scores, np.log(0.9), rtol=1e-6)
+        steps[complete] = len(calls)
+    assert steps[False] == 1 and steps[True] > 1, steps
+
+
 # === Sampling ===
 
 
