@@ -25,6 +25,11 @@ alone and its endpoint is called as a client calls it:
   not a floor;
 - the tutorial's eager greedy loop (`benchmarks/baseline.py`), with the run's weights, at
   batch 1 on the same inputs;
+- the run's encoder alone (the CNN or the prompt's LSTM, with the attention keys computed
+  once per input), compiled with XLA in this process, at batch 1 on the greedy rows' inputs,
+  timed in turns with the compiled endpoint: the part of a call that no cheaper decoding step
+  can remove (its ms per token counts the compiled endpoint's tokens; its share of the
+  endpoint's call in those turns is in the JSON);
 - with `--compare APP=VERSION_DIR`, another export of the same app (the same model exported by
   other code, say) timed in the same turns as a third endpoint, its outputs compared with
   the compiled endpoint's: how a change to the export is measured at equal outputs.
@@ -39,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import common
+from shared.compiled import cut_to_bucket
 
 NAME = "decode_latency"
 COMPILED, COMPARED = "compiled (XLA)", "compared export (XLA)"
@@ -88,7 +94,15 @@ class App:
     Keras model of the run (for the weights and the baseline)."""
 
     def __init__(
-        self, name, run_dir, inputs, endpoint_args, keras_model, memory_rows, baseline_inputs
+        self,
+        name,
+        run_dir,
+        inputs,
+        endpoint_args,
+        keras_model,
+        memory_rows,
+        baseline_inputs,
+        encode,
     ):
         from shared.export import latest_version
 
@@ -105,6 +119,7 @@ class App:
         self.keras_model = keras_model
         self.memory_rows = memory_rows  # the attention memory's length
         self.baseline_inputs = baseline_inputs  # the same inputs for the eager loop
+        self.encode = encode  # one of `baseline_inputs` -> the decoder's attention memory
         self.max_length = getattr(keras_model, "max_length", None) or keras_model.max_target_length
         self.compared = None  # another export of this app (`--compare`), or None
 
@@ -139,9 +154,12 @@ def load_captioner(run_dir: Path, count: int) -> App:
     def endpoint_args(batch, beam):
         return {"image_bytes": tf.constant(batch), "beam_size": tf.constant(beam)}
 
+    def encode(inputs):
+        return model.decoder.prepare_memory(model.encode(inputs["image"], training=False))
+
     baseline_inputs = [{"image": image[None]} for image in images]
     regions = int(np.prod(model.grid_shape))
-    return App("captioner", run_dir, pngs, endpoint_args, model, regions, baseline_inputs)
+    return App("captioner", run_dir, pngs, endpoint_args, model, regions, baseline_inputs, encode)
 
 
 def load_chatbot(run_dir: Path, count: int) -> App:
@@ -169,9 +187,13 @@ def load_chatbot(run_dir: Path, count: int) -> App:
             "seed": tf.constant(0),
         }
 
+    def encode(inputs):  # the prompt cut to its length bucket, as the endpoint does
+        memory, mask = model.encoder(cut_to_bucket(inputs["source"]), training=False)
+        return model.decoder.prepare_memory(memory, mask)
+
     baseline_inputs = [{"source": model.source_ids(tf.constant([p]))} for p in prompts]
     rows = model.source_length
-    return App("chatbot", run_dir, prompts, endpoint_args, model, rows, baseline_inputs)
+    return App("chatbot", run_dir, prompts, endpoint_args, model, rows, baseline_inputs, encode)
 
 
 # === Measuring ===
@@ -247,6 +269,38 @@ def time_baseline(app: App, repeats: int) -> dict:
     }
 
 
+ENCODER_ALONE = "encoder alone (XLA, in-process)"
+
+
+def time_encoder(app: App, count: int, repeats: int) -> dict:
+    """The encoder alone and the compiled endpoint, batch 1, greedy, in turns on the first
+    `count` inputs; the encoder's row (see the module docstring)."""
+    encode = tf.function(app.encode, jit_compile=True)
+    endpoint = app.endpoint(True)
+    calls = list(zip(app.baseline_inputs[:count], app.inputs[:count]))
+    tokens = 0
+    for encoder_input, single in calls:  # compiles each shape once
+        encode(encoder_input)
+        tokens += tokens_written(endpoint(**app.endpoint_args([single], 1)))
+    seconds = np.zeros((repeats, 2))  # the encoder's, the endpoint's
+    for round_ in range(repeats):
+        for encoder_input, single in calls:
+            start = time.perf_counter()
+            tf.nest.map_structure(lambda t: t.numpy(), encode(encoder_input))
+            between = time.perf_counter()
+            endpoint(**app.endpoint_args([single], 1))
+            seconds[round_] += (between - start, time.perf_counter() - between)
+    encoder_total, endpoint_total = np.median(seconds, axis=0)
+    return {
+        "endpoint": ENCODER_ALONE,
+        "calls": len(calls),
+        "ms_per_call": 1000 * encoder_total / len(calls),
+        "tokens": tokens,
+        "ms_per_token": 1000 * encoder_total / tokens,
+        "share_of_compiled_call": float(encoder_total / endpoint_total),
+    }
+
+
 def measure_app(app: App, batch_1_inputs: int, repeats: int, limit_ms: float) -> list[dict]:
     rows = []
     singles = [[x] for x in app.inputs[:batch_1_inputs]]
@@ -257,8 +311,12 @@ def measure_app(app: App, batch_1_inputs: int, repeats: int, limit_ms: float) ->
     for row in time_endpoints(app, batch, 1, repeats):
         rows.append({"app": app.name, "batch": len(batch[0]), "search": "greedy", **row})
     rows.append({"app": app.name, "batch": 1, "search": "greedy", **time_baseline(app, repeats)})
+    encoder = time_encoder(app, batch_1_inputs, repeats)
+    rows.append({"app": app.name, "batch": 1, "search": "greedy", **encoder})
     for row in rows:
         row["label"] = f"{row['app']} {row['search']} batch {row['batch']}: {row['endpoint']}"
+        if row["endpoint"] == ENCODER_ALONE:
+            continue  # once per input: no limit per token
         # At batch B a step writes B tokens (fewer once rows have ended) for one read of the
         # weights: the limit per token shrinks with the batch.
         row["limit_ms_per_token"] = limit_ms / row["batch"]
