@@ -10,8 +10,9 @@ pictures of the run's test split, as PNG bytes), the newest version is loaded by
 alone and its endpoint is called as a client calls it:
 
 - ms per call and ms per generated token (the call's time over the tokens it wrote, the end
-  token included, summed over the inputs), at batch 1 with greedy search, beam 3 and beam 5,
-  and for one batch of 32 inputs (greedy), with the tokens per second that gives;
+  token included, summed over the inputs), at batch 1 with greedy search, beam 3 and beam 5
+  (all timed in the same rounds, so the searches compare with each other), and for one batch
+  of 32 inputs (greedy), with the tokens per second that gives;
 - for the endpoint whose search is compiled with XLA (`caption`, `reply`) and for the plain
   graph (`caption_portable`, `reply_portable`), timed in turns (compiled, plain, compiled, …)
   in one process, so that the machine's drift hits both alike; the compiled endpoint's first
@@ -203,41 +204,45 @@ def tokens_written(outputs) -> int:
     return int(np.sum(outputs["length"].numpy()))
 
 
-def time_endpoints(app: App, batches: list[list], beam: int, repeats: int) -> list[dict]:
-    """The endpoints of `app.endpoints()` on `batches`, in turns; one row for each."""
+def time_endpoints(app: App, batches: list[list], beams: list[int], repeats: int) -> list[dict]:
+    """The endpoints of `app.endpoints()` on `batches` with each beam size of `beams`, all in
+    turns (every round calls every endpoint with every beam size on every batch), so that the
+    machine's drift hits every row alike: rows of different searches compare too. One row for
+    each (beam size, endpoint)."""
     endpoints = app.endpoints()
+    runs = [(beam, label) for beam in beams for label in endpoints]
     first_call, tokens, texts = {}, {}, {}
-    for label, endpoint in endpoints.items():
+    for beam, label in runs:
         for batch in batches:  # the first call of every shape compiles (XLA) or warms up
             start = time.perf_counter()
-            outputs = endpoint(**app.endpoint_args(batch, beam))
-            first_call.setdefault(label, time.perf_counter() - start)
-            tokens[label] = tokens.get(label, 0) + tokens_written(outputs)
+            outputs = endpoints[label](**app.endpoint_args(batch, beam))
+            first_call.setdefault((beam, label), time.perf_counter() - start)
+            tokens[beam, label] = tokens.get((beam, label), 0) + tokens_written(outputs)
             text = outputs["caption" if app.name == "captioner" else "reply"].numpy().tolist()
-            texts.setdefault(label, []).extend(text)
-    seconds = {label: [0.0] * repeats for label in endpoints}
+            texts.setdefault((beam, label), []).extend(text)
+    seconds = {run: [0.0] * repeats for run in runs}
     for round_ in range(repeats):
         for batch in batches:
-            for label, endpoint in endpoints.items():
+            for beam, label in runs:
                 start = time.perf_counter()
-                endpoint(**app.endpoint_args(batch, beam))
-                seconds[label][round_] += time.perf_counter() - start
+                endpoints[label](**app.endpoint_args(batch, beam))
+                seconds[beam, label][round_] += time.perf_counter() - start
     rows = []
-    for label in endpoints:
-        total = float(np.median(seconds[label]))  # all the batches, one round
-        rows.append(
-            {
-                "endpoint": label,
-                "calls": len(batches),
-                "ms_per_call": 1000 * total / len(batches),
-                "tokens": tokens[label],
-                "ms_per_token": 1000 * total / tokens[label],
-                "tokens_per_s": tokens[label] / total,
-                "first_call_s": first_call[label],
-            }
-        )
-    for row in rows[1:]:
-        row["same_outputs"] = texts[row["endpoint"]] == texts[COMPILED]
+    for beam, label in runs:
+        total = float(np.median(seconds[beam, label]))  # all the batches, one round
+        row = {
+            "beam": beam,
+            "endpoint": label,
+            "calls": len(batches),
+            "ms_per_call": 1000 * total / len(batches),
+            "tokens": tokens[beam, label],
+            "ms_per_token": 1000 * total / tokens[beam, label],
+            "tokens_per_s": tokens[beam, label] / total,
+            "first_call_s": first_call[beam, label],
+        }
+        if label != COMPILED:
+            row["same_outputs"] = texts[beam, label] == texts[beam, COMPILED]
+        rows.append(row)
     return rows
 
 
@@ -304,11 +309,12 @@ def time_encoder(app: App, count: int, repeats: int) -> dict:
 def measure_app(app: App, batch_1_inputs: int, repeats: int, limit_ms: float) -> list[dict]:
     rows = []
     singles = [[x] for x in app.inputs[:batch_1_inputs]]
-    for search, beam in SEARCHES.items():
-        for row in time_endpoints(app, singles, beam, repeats):
-            rows.append({"app": app.name, "batch": 1, "search": search, **row})
+    search_of = {beam: search for search, beam in SEARCHES.items()}
+    for row in time_endpoints(app, singles, list(SEARCHES.values()), repeats):
+        rows.append({"app": app.name, "batch": 1, "search": search_of[row.pop("beam")], **row})
     batch = [app.inputs[:BATCH]]
-    for row in time_endpoints(app, batch, 1, repeats):
+    for row in time_endpoints(app, batch, [1], repeats):
+        row.pop("beam")
         rows.append({"app": app.name, "batch": len(batch[0]), "search": "greedy", **row})
     rows.append({"app": app.name, "batch": 1, "search": "greedy", **time_baseline(app, repeats)})
     encoder = time_encoder(app, batch_1_inputs, repeats)
