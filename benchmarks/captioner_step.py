@@ -57,12 +57,21 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
 
 
 def typed(config_class, settings: dict[str, str]) -> dict:
-    """Setting strings -> the config fields' types."""
-    kinds = {f.name: type(f.default) for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(settings) - set(kinds))
+    """Setting strings -> values, read as the training script's command line reads them
+    (`shared.config.add_arguments`: its types, booleans and choices)."""
+    import argparse
+
+    from shared import config as config_io
+
+    names = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(settings) - names)
     if unknown:
         raise SystemExit(f"unknown settings {unknown}")
-    return {name: kinds[name](value) for name, value in settings.items()}
+    parser = argparse.ArgumentParser(prog="--variant")
+    config_io.add_arguments(parser, config_class)
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
+    parsed = vars(parser.parse_args(flags))
+    return {name: parsed[name] for name in settings}
 
 
 def measure(variants: list[str], quick: bool, steps: int, rounds: int, data_dir: str) -> list[dict]:

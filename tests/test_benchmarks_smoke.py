@@ -246,6 +246,21 @@ def test_captioner_step_reads_variants_whose_values_hold_commas():
             parse_variant(bad)
 
 
+def test_captioner_step_reads_settings_as_the_training_script_does():
+    from benchmarks.captioner_step import typed
+    from training.captioner_config import CaptionerConfig
+
+    values = {"check_quality": "false", "weight_average": "0", "cnn_filters": "16,32"}
+    assert typed(CaptionerConfig, values) == {
+        "check_quality": False,
+        "weight_average": 0.0,
+        "cnn_filters": "16,32",
+    }
+    for bad in ({"no_such_setting": "1"}, {"encoder": "vgg"}, {"units": "many"}):
+        with pytest.raises(SystemExit):
+            typed(CaptionerConfig, bad)
+
+
 @pytest.mark.slow
 def test_captioner_step_times_each_variant_in_turns(tmp_path):
     rows = run_quick("captioner_step", tmp_path)["rows"]
