@@ -41,6 +41,9 @@ class SentenceEncoder(keras.layers.Layer):
         cell: `"lstm"` or `"gru"`.
         bidirectional: read the sentence both ways and concatenate.
         dropout: on the embeddings.
+        token_dropout: in training, the share of the prompt's tokens replaced by [UNK] ("word
+            dropout", Iyyer et al. 2015): the model learns to answer a prompt whose words it
+            only partly knows, as a person's own wording is.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class SentenceEncoder(keras.layers.Layer):
         num_layers: int = 1,
         bidirectional: bool = True,
         dropout: float = 0.0,
+        token_dropout: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -59,6 +63,10 @@ class SentenceEncoder(keras.layers.Layer):
             raise ValueError(f"Expected one of {sorted(ENCODER_CELLS)}. Received: cell={cell!r}")
         if num_layers < 1:
             raise ValueError(f"Expected num_layers >= 1. Received: num_layers={num_layers}")
+        if not 0.0 <= token_dropout < 1.0:
+            raise ValueError(
+                f"Expected token_dropout in [0, 1). Received: token_dropout={token_dropout}"
+            )
         self.vocabulary_size = vocabulary_size
         self.embedding_dim = embedding_dim
         self.units = units
@@ -66,6 +74,12 @@ class SentenceEncoder(keras.layers.Layer):
         self.num_layers = num_layers
         self.bidirectional = bidirectional
         self.dropout = dropout
+        self.token_dropout = token_dropout
+        # Only with token dropout: a seed generator is a variable, and models saved without
+        # one must load as they were.
+        self.seed_generator = (
+            keras.random.SeedGenerator(name="token_dropout_seed") if token_dropout > 0 else None
+        )
         self.embedding = keras.layers.Embedding(vocabulary_size, embedding_dim, name="embedding")
         self.embedding_dropout = keras.layers.Dropout(dropout, name="embedding_dropout")
         self.recurrent_layers = []
@@ -89,6 +103,9 @@ class SentenceEncoder(keras.layers.Layer):
 
     def call(self, ids, training=False):
         mask = ids != PAD_ID
+        if training and self.token_dropout > 0:
+            noise = keras.random.uniform(tf.shape(ids), seed=self.seed_generator)
+            ids = tf.where(mask & (noise < self.token_dropout), tf.cast(UNK_ID, ids.dtype), ids)
         x = self.embedding_dropout(self.embedding(ids), training=training)
         for layer in self.recurrent_layers:
             x = layer(x, mask=mask, training=training)
@@ -104,6 +121,7 @@ class SentenceEncoder(keras.layers.Layer):
             "num_layers": self.num_layers,
             "bidirectional": self.bidirectional,
             "dropout": self.dropout,
+            "token_dropout": self.token_dropout,
         }
 
 

@@ -68,6 +68,11 @@ class ChatbotConfig(RunSettings):
     )
     encoder_layers: int = setting(1, "stacked encoder layers", section="Encoder")
     bidirectional: bool = setting(True, "read the prompt in both directions", section="Encoder")
+    token_dropout: float = setting(
+        0.0,
+        "in training, the share of prompt tokens replaced by [UNK] (word dropout)",
+        section="Encoder",
+    )
     # === Decoder (the rest in RunSettings) ===
     embedding_dim: int = setting(
         128, "token embedding size (of the encoder too)", section="Decoder"
@@ -103,6 +108,7 @@ class ChatbotConfig(RunSettings):
             "num_layers": self.encoder_layers,
             "bidirectional": self.bidirectional,
             "dropout": self.dropout,
+            "token_dropout": self.token_dropout,
         }
 
     def decoder_settings(self) -> dict:

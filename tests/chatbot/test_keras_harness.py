@@ -32,10 +32,16 @@ class SentenceEncoderHarnessTest(HarnessTestCase):
     @parameterized.named_parameters(
         # embedding 1, forward and backward LSTM 2 x 3
         ("bidirectional_lstm", {"cell": "lstm", "bidirectional": True}, 7, 2 * 3, False),
-        # embedding 1, two one-way GRU layers 2 x 3; dropout on the embeddings
+        # embedding 1, two one-way GRU layers 2 x 3; dropout on the embeddings and tokens
         (
             "two_gru_layers",
-            {"cell": "gru", "num_layers": 2, "bidirectional": False, "dropout": 0.1},
+            {
+                "cell": "gru",
+                "num_layers": 2,
+                "bidirectional": False,
+                "dropout": 0.1,
+                "token_dropout": 0.2,
+            },
             7,
             3,
             True,
