@@ -272,3 +272,49 @@ def test_captioner_step_times_each_variant_in_turns(tmp_path):
     assert rows[0]["paired_ratio"] == 1.0
     assert rows[1]["settings"] == {"cnn_filters": "16,32,64,128"}
     assert all(row["p50_ms"] > 0 and row["rounds"] == 2 for row in rows)
+
+
+def _generalisation(retrieval, **systems):
+    """A `generalisation.json` with the given topic accuracies (other measures left out)."""
+    rows = {name.replace("_", " "): {"topic_accuracy": v} for name, v in systems.items()}
+    return {
+        "prompts": 100,
+        "examples": [],
+        "retrieval (TF-IDF)": {"topic_accuracy": retrieval},
+        **rows,
+    }
+
+
+def test_heldout_splits_compares_every_setting_with_retrieval_split_by_split():
+    from benchmarks.heldout_splits import label_of, summarize_splits, table
+
+    runs = {
+        "defaults": {0: _generalisation(0.7, greedy=0.6), 1: _generalisation(0.6, greedy=0.65)},
+        "token-dropout-0.25": {
+            0: _generalisation(0.7, greedy=0.7),
+            1: _generalisation(0.6, greedy=0.62),
+        },
+    }
+    summary = summarize_splits(runs)
+    systems = summary["systems"]
+    assert summary["seeds"] == [0, 1]
+    assert systems["retrieval (TF-IDF)"]["topic_accuracy"] == [0.7, 0.6]
+    assert systems["defaults: greedy"] == {
+        "topic_accuracy": [0.6, 0.65],
+        "mean": 0.625,
+        "splits_above_retrieval": 1,
+    }
+    # a tie with retrieval is not a win
+    assert systems["token-dropout-0.25: greedy"]["splits_above_retrieval"] == 1
+    assert "| defaults: greedy | 60.0% | 65.0% | 62.5% | 1 of 2 |" in table(summary)
+    assert label_of("") == "defaults"
+    assert label_of("--token-dropout 0.25 --dropout 0.2") == "token-dropout-0.25-dropout-0.2"
+
+
+def test_heldout_splits_refuses_settings_measured_on_different_splits():
+    from benchmarks.heldout_splits import summarize_splits
+
+    with pytest.raises(ValueError, match="same seeds"):
+        summarize_splits({"a": {0: _generalisation(0.7)}, "b": {1: _generalisation(0.6)}})
+    with pytest.raises(ValueError, match="Retrieval differs"):
+        summarize_splits({"a": {0: _generalisation(0.7)}, "b": {0: _generalisation(0.6)}})
