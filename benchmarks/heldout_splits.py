@@ -4,9 +4,8 @@
         --seeds 0 1 2 3 4 --runs-dir runs/splits
 
 One held-out split of the ChatterBot corpus has about 100 prompts, so one prompt is a point of
-topic accuracy, and which prompts a split holds out moves every system by several points (the
-retrieval baseline alone ranges over 57-72 % across splits). A lever is worth keeping when it
-wins across splits. For each training setting and each seed this script trains
+topic accuracy, and which prompts a split holds out moves every system, the retrieval baseline
+too, by several points. A lever is worth keeping when it wins across splits. For each training setting and each seed this script trains
 `python -m training.train_chatbot --holdout 0.1 --epochs E --seed S SETTINGS` (the seed also
 picks the split) and runs `python -m training.evaluate_chatbot --heldout` on it; a run whose
 `generalisation.json` exists is not trained again. It then prints, for every system
@@ -112,7 +111,9 @@ def main(argv=None) -> None:
         help='train_chatbot flags of one setting ("" for the defaults); repeat to compare',
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument(
+        "--epochs", type=int, default=30, help="epochs of every run (a setting may say otherwise)"
+    )
     p.add_argument("--runs-dir", default="runs/splits", help="where the runs are kept")
     args = p.parse_args(argv)
     settings = args.settings if args.settings is not None else [""]

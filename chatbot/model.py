@@ -43,7 +43,8 @@ class SentenceEncoder(keras.layers.Layer):
         dropout: on the embeddings.
         token_dropout: in training, the share of the prompt's tokens replaced by [UNK] ("word
             dropout", Iyyer et al. 2015): the model learns to answer a prompt whose words it
-            only partly knows, as a person's own wording is.
+            only partly knows, as a person's own wording is. With retrieve-and-refine the
+            retrieved reply's tokens, which the encoder reads too, drop alike.
     """
 
     def __init__(

@@ -70,7 +70,8 @@ class ChatbotConfig(RunSettings):
     bidirectional: bool = setting(True, "read the prompt in both directions", section="Encoder")
     token_dropout: float = setting(
         0.0,
-        "in training, the share of prompt tokens replaced by [UNK] (word dropout)",
+        "in training, the share of the tokens the encoder reads replaced by [UNK] (word "
+        "dropout): replies to new wording improve, corpus recall falls",
         section="Encoder",
     )
     # === Decoder (the rest in RunSettings) ===
