@@ -261,6 +261,22 @@ def test_captioner_step_reads_settings_as_the_training_script_does():
             typed(CaptionerConfig, bad)
 
 
+def test_captioner_step_resizes_pictures_for_an_image_size_variant():
+    import numpy as np
+    import tensorflow as tf
+
+    from benchmarks.captioner_step import resized
+
+    image = np.full((2, 64, 64, 3), 200, np.uint8)
+    image[1] = 0
+    tokens = tf.constant([[1, 2, 3], [1, 4, 0]])
+    labels = tf.constant([[2, 3, 0], [4, 0, 0]])
+    [(x, y)] = resized([({"image": tf.constant(image), "decoder_inputs": tokens}, labels)], 48)
+    assert x["image"].shape == (2, 48, 48, 3) and x["image"].dtype == tf.uint8
+    assert np.all(x["image"].numpy()[0] == 200) and np.all(x["image"].numpy()[1] == 0)
+    assert x["decoder_inputs"] is tokens and y is labels
+
+
 @pytest.mark.slow
 def test_captioner_step_times_each_variant_in_turns(tmp_path):
     rows = run_quick("captioner_step", tmp_path)["rows"]
@@ -268,6 +284,7 @@ def test_captioner_step_times_each_variant_in_turns(tmp_path):
         "today's defaults",
         "narrower small CNN",
         "no weight average",
+        "48 px",
     ]
     assert rows[0]["paired_ratio"] == 1.0
     assert rows[1]["settings"] == {"cnn_filters": "16,32,64,128"}
