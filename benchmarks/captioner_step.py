@@ -101,23 +101,23 @@ def measure(variants: list[str], quick: bool, steps: int, rounds: int, data_dir:
     vocabulary = pipeline.vocabulary_from_captions(data_config, data.train_captions())
     shrink = {"units": 16, "embedding_dim": 8, "feature_dim": 16} if quick else {}
 
-    models, sizes, labels = {}, {}, []
+    models, labels = {}, []
     for text in variants:
         label, settings = parse_variant(text)
         config = dataclasses.replace(data_config, **shrink, **typed(CaptionerConfig, settings))
         keras.utils.set_random_seed(0)
         models[label] = pipeline.build_model(config, vocabulary)
-        sizes[label] = config.image_size
         labels.append((label, settings))
     first = next(iter(models.values()))
     batches = list(pipeline.training_batches(data.dataset("train"), first, 64, True, 0).take(steps))
 
-    def one_pass(model, size):
+    def one_pass(model):
+        size = model.image_size
         own = batches if size == data_config.image_size else resized(batches, size)
         return lambda: [model.train_on_batch(x, y) for x, y in own]
 
     stats = common.time_interleaved(
-        {label: one_pass(model, sizes[label]) for label, model in models.items()}, rounds, warmup=1
+        {label: one_pass(model) for label, model in models.items()}, rounds, warmup=1
     )
     rows = []
     for label, settings in labels:

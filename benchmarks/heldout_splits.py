@@ -5,7 +5,8 @@
 
 One held-out split of the ChatterBot corpus has about 100 prompts, so one prompt is a point of
 topic accuracy, and which prompts a split holds out moves every system, the retrieval baseline
-too, by several points. A lever is worth keeping when it wins across splits. For each training setting and each seed this script trains
+too, by several points. A lever is worth keeping when it wins across splits. For each training
+setting and each seed this script trains
 `python -m training.train_chatbot --holdout 0.1 --epochs E --seed S SETTINGS` (the seed also
 picks the split) and runs `python -m training.evaluate_chatbot --heldout` on it; a run whose
 `generalisation.json` exists is not trained again. It then prints, for every system
